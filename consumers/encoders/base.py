@@ -1,0 +1,90 @@
+"""The encoder contract and the registry of encoders by task name.
+
+An encoder is loaded lazily (``load``), turns a decoded RGB image into a CPU tensor
+(``preprocess``, safe to call from many threads), runs one batched call on its device
+(``forward``, called from one dedicated thread) and returns float32 rows
+(``postprocess``). Keeping the stages separate lets the pipeline decode and preprocess
+in a thread pool while the device works on the previous batch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import ClassVar
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from PIL import Image
+
+from consumers.settings import Settings, TaskSettings
+
+Vectors = NDArray[np.float32]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pick_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on CUDA, fp32 on CPU (CPU half precision is slower, not faster)."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+class Encoder(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, task: TaskSettings, settings: Settings) -> None:
+        self.task_settings = task
+        self.settings = settings
+        self.device = pick_device(task.device)
+        self.dtype = pick_dtype(self.device)
+        self.model_name: str = task.model
+        self.dim: int = 0
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load weights; set ``model_name`` (what actually loaded) and ``dim``."""
+
+    @abstractmethod
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One RGB image to one CPU tensor; thread-safe."""
+
+    @abstractmethod
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """One batched call on the device."""
+
+    def postprocess(self, output: torch.Tensor) -> Vectors:
+        """L2-normalised float32 rows on the CPU."""
+        out = torch.nn.functional.normalize(output.float(), dim=-1)
+        return out.cpu().numpy().astype(np.float32, copy=False)
+
+    def encode_images(self, tensors: list[torch.Tensor]) -> Vectors:
+        """Collate, forward and postprocess; blocking (run it in a thread)."""
+        with torch.inference_mode():
+            batch = torch.stack(tensors)
+            return self.postprocess(self.forward(batch))
+
+
+EncoderFactory = Callable[[TaskSettings, Settings], Encoder]
+_REGISTRY: dict[str, type[Encoder]] = {}
+
+
+def register(cls: type[Encoder]) -> type[Encoder]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def encoder_class(task: str) -> type[Encoder]:
+    try:
+        return _REGISTRY[task]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise KeyError(f"no encoder registered for task {task!r} (known: {known})") from None
+
+
+def registered() -> list[str]:
+    return sorted(_REGISTRY)

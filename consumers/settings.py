@@ -1,0 +1,136 @@
+"""One settings tree, read from ``IMAGESTREAM_*`` variables and ``.env``.
+
+Nested sections use a double underscore: ``IMAGESTREAM_KAFKA__BOOTSTRAP_SERVERS``,
+``IMAGESTREAM_CLIP__MODEL``. ``imagestream up`` writes the endpoints of the embedded
+stack to ``.imagestream/stack.env``, read after ``.env`` so that CLI commands run
+beside a live embedded stack find it without flags.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+RUNTIME_DIR = Path(".imagestream")
+STACK_ENV = RUNTIME_DIR / "stack.env"
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = Field(default="", description="Prepended to every topic name.")
+    partitions: int = Field(default=4, ge=1, description="Partitions when topics are created.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    enable_idempotence: bool = Field(
+        default=False,
+        description="On against Apache Kafka; the embedded Tansu broker rejects it.",
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = 30_000
+    max_poll_interval_ms: int = 300_000
+
+
+class S3Settings(BaseModel):
+    endpoint_url: str | None = Field(default=None, description="MinIO/moto URL; unset = AWS.")
+    region: str = "us-east-1"
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    bucket: str = Field(default="images", description="Where `imagestream ingest` uploads.")
+    allowed_buckets: list[str] = Field(
+        default_factory=lambda: ["images"], description="Only these buckets are read."
+    )
+    max_object_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_concurrency: int = Field(default=16, ge=1)
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+
+
+class MilvusSettings(BaseModel):
+    uri: str = Field(
+        default=str(RUNTIME_DIR / "milvus.db"),
+        description="A local path = milvus-lite (one process); http://host:19530 = a server.",
+    )
+    token: SecretStr | None = None
+    index_type: str = Field(default="AUTOINDEX", description="HNSW/IVF_FLAT/... on a server.")
+
+
+class DecodeSettings(BaseModel):
+    max_pixels: int = Field(default=50_000_000, ge=1, description="Refuse larger images.")
+    max_side: int = Field(
+        default=1024, ge=32, description="Downscale larger images before preprocessing."
+    )
+    threads: int = Field(default=4, ge=1, description="Decode/preprocess thread pool size.")
+
+
+class TaskSettings(BaseModel):
+    """What every task has: a consumer group and its batching."""
+
+    enabled: bool = True
+    model: str
+    fallback_model: str | None = Field(
+        default=None, description="Used (with one warning line) when `model` cannot be loaded."
+    )
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, ...")
+    group_id: str | None = Field(default=None, description="Default: imagestream-<task>.")
+    max_records: int = Field(default=32, ge=1, description="Largest micro-batch.")
+    batch_timeout_ms: int = Field(default=200, ge=1)
+    collection: str
+
+
+class ClipSettings(TaskSettings):
+    model: str = "openai/clip-vit-base-patch32"
+    collection: str = "clip_images"
+
+
+class MetricsSettings(BaseModel):
+    port: int = Field(default=9464, description="/metrics, /healthz, /readyz; 0 = off.")
+    host: str = "127.0.0.1"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGESTREAM_",
+        env_nested_delimiter="__",
+        env_file=(".env", str(STACK_ENV)),
+        extra="ignore",
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    milvus: MilvusSettings = Field(default_factory=MilvusSettings)
+    decode: DecodeSettings = Field(default_factory=DecodeSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    clip: ClipSettings = Field(default_factory=ClipSettings)
+    model_cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "imagestream" / "models",
+        description="Where random:<preset> models are built and saved.",
+    )
+    log_level: str = "INFO"
+
+    def task(self, name: str) -> TaskSettings:
+        section = getattr(self, name, None)
+        if not isinstance(section, TaskSettings):
+            raise KeyError(f"no task named {name!r}")
+        return section
+
+    def task_names(self) -> list[str]:
+        return [
+            name
+            for name, field in type(self).model_fields.items()
+            if isinstance(field.annotation, type) and issubclass(field.annotation, TaskSettings)
+        ]
+
+    def enabled_tasks(self) -> list[str]:
+        return [name for name in self.task_names() if self.task(name).enabled]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,201 @@
+"""Event contracts at the Kafka boundary.
+
+These pydantic models are the single source of truth: the JSON Schema files and the
+AsyncAPI document under ``schemas/generated/`` are generated from them
+(``python -m schemas.export``). Unknown fields are ignored so producers can move ahead
+of consumers; a missing required field is an ``invalid_event`` error result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+SCHEMA_VERSION = 1
+MAX_METADATA_ITEMS = 32
+MAX_METADATA_VALUE_CHARS = 1024
+MAX_ID_CHARS = 512
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>.+)$")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class Reply(BaseModel):
+    """Legacy routing: where the legacy adapter sends this image's result."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    callback_url: str
+    legacy_id: str
+    model_name: str | None = None
+
+
+class ImageSubmitted(_Event):
+    """A producer stored an image in S3 and asks for it to be processed."""
+
+    event_id: Id = Field(description="Producer-chosen, unique per submission.")
+    image_id: Id = Field(description="The caller's id; the vector primary key derives from it.")
+    uri: str = Field(description="s3://bucket/key of the image.", max_length=2048)
+    tasks: list[str] = Field(
+        default_factory=list, description="Subset of enabled tasks; empty means all."
+    )
+    top_k: int = Field(default=20, ge=0, le=1000, description="Neighbours to return.")
+    collection: str | None = Field(
+        default=None, max_length=64, description="Tenant for isolation (partition key)."
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="Small free-form map stored with the vector."
+    )
+    reply: Reply | None = None
+    submitted_at: datetime = Field(default_factory=utcnow)
+
+    @field_validator("uri")
+    @classmethod
+    def _s3_uri(cls, value: str) -> str:
+        if not S3_URI.match(value):
+            raise ValueError("uri must look like s3://bucket/key")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_METADATA_ITEMS:
+            raise ValueError(f"metadata has more than {MAX_METADATA_ITEMS} entries")
+        for key, item in value.items():
+            if len(key) > 64 or len(item) > MAX_METADATA_VALUE_CHARS:
+                raise ValueError(f"metadata entry {key[:64]!r} is too long")
+        return value
+
+    def bucket_key(self) -> tuple[str, str]:
+        match = S3_URI.match(self.uri)
+        assert match is not None  # validated above
+        return match["bucket"], match["key"]
+
+
+class TextQuery(_Event):
+    """Text-to-image search over the CLIP image collection."""
+
+    event_id: Id
+    query_id: Id
+    text: str = Field(min_length=1, max_length=4096)
+    top_k: int = Field(default=20, ge=1, le=1000)
+    collection: str | None = Field(default=None, max_length=64)
+    image_ids: list[str] | None = Field(
+        default=None, description="Restrict the search to these image ids."
+    )
+    submitted_at: datetime = Field(default_factory=utcnow)
+
+
+class ErrorCode(StrEnum):
+    """A closed set: consumers of results can switch on it."""
+
+    INVALID_EVENT = "invalid_event"
+    UNSUPPORTED_SCHEMA = "unsupported_schema"
+    BUCKET_NOT_ALLOWED = "bucket_not_allowed"
+    OBJECT_NOT_FOUND = "object_not_found"
+    IMAGE_TOO_LARGE = "image_too_large"
+    NOT_AN_IMAGE = "not_an_image"
+    NO_FACE = "no_face"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+class TaskError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    code: ErrorCode
+    message: str
+
+
+class Neighbor(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    score: float = Field(description="Cosine similarity, 1.0 = identical direction.")
+
+
+class Face(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    face_id: str = Field(description="{image_id}#{n}")
+    bbox: tuple[int, int, int, int] = Field(description="x, y, width, height in pixels.")
+    confidence: float
+    neighbors: list[Neighbor] = Field(default_factory=list)
+
+
+class Label(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+    score: float
+
+
+class Timings(BaseModel):
+    """Milliseconds per stage; stages a task did not run stay 0."""
+
+    model_config = ConfigDict(frozen=True)
+
+    fetch: float = 0.0
+    decode: float = 0.0
+    encode: float = 0.0
+    index: float = 0.0
+    search: float = 0.0
+    total: float = 0.0
+
+
+class Status(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+class TaskResult(_Event):
+    """One result per (image, task), or per text query."""
+
+    result_id: str = Field(description="Deterministic from source event id + task.")
+    source_event_id: str
+    image_id: str
+    task: str
+    status: Status
+    error: TaskError | None = None
+    model: str | None = None
+    dim: int | None = None
+    neighbors: list[Neighbor] = Field(default_factory=list)
+    faces: list[Face] | None = None
+    labels: list[Label] | None = None
+    caption: str | None = None
+    timings: Timings = Field(default_factory=Timings)
+    reply: Reply | None = None
+    completed_at: datetime = Field(default_factory=utcnow)
+
+
+def result_id(source_event_id: str, task: str) -> str:
+    """A redelivered event yields the same id, so readers can dedupe."""
+    digest = hashlib.sha256(f"{source_event_id}\x1f{task}".encode()).hexdigest()
+    return digest[:32]
+
+
+def schema_models() -> dict[str, type[BaseModel]]:
+    return {"ImageSubmitted": ImageSubmitted, "TextQuery": TextQuery, "TaskResult": TaskResult}
+
+
+def dump(model: BaseModel) -> bytes:
+    return model.model_dump_json(exclude_none=True).encode()
+
+
+def loads_event(raw: Any) -> ImageSubmitted:
+    return ImageSubmitted.model_validate_json(raw)
