@@ -180,6 +180,9 @@ class TaskResult(_Event):
     caption: str | None = None
     timings: Timings = Field(default_factory=Timings)
     reply: Reply | None = None
+    submitted_at: datetime | None = Field(
+        default=None, description="Copied from the source event, for end-to-end latency."
+    )
     completed_at: datetime = Field(default_factory=utcnow)
 
 

@@ -1,0 +1,107 @@
+"""The ``imagestream`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from consumers.errors import ModelLoadError
+from consumers.settings import RUNTIME_DIR, Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagestream", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the embedded stack and every consumer")
+    up.add_argument("--tasks", nargs="*", help="tasks to run (default: all enabled)")
+    up.add_argument("--runtime-dir", type=Path, default=RUNTIME_DIR)
+    consume = sub.add_parser("consume", help="run consumers against configured servers")
+    consume.add_argument("--tasks", nargs="*", help="tasks to run (default: all enabled)")
+    sub.add_parser("demo", help="embedded stack + ingest of sample images, then stop")
+    ingest = sub.add_parser("ingest", help="upload images, publish events, print results")
+    ingest.add_argument("paths", nargs="+", type=Path, help="image files or folders")
+    ingest.add_argument("--tasks", nargs="*", help="tasks to ask for (default: all enabled)")
+    ingest.add_argument("--top-k", type=int, default=5)
+    ingest.add_argument("--timeout", type=float, default=300.0, help="seconds to wait")
+    ingest.add_argument("--id-prefix", default="", help="prepended to each file's stem")
+    schemas = sub.add_parser("schemas", help="write JSON Schema + AsyncAPI to schemas/generated")
+    schemas.add_argument("--check", action="store_true", help="fail if they are stale")
+    return parser
+
+
+def _ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from consumers.console import format_result
+    from consumers.ingest import ingest, uploads_for
+
+    uploads = uploads_for(args.paths, args.id_prefix)
+    tasks = args.tasks or settings.enabled_tasks()
+    with Progress(transient=False) as progress:
+        bar = progress.add_task("results", total=len(uploads) * len(tasks))
+
+        def shown(result: object) -> None:
+            progress.console.print(format_result(result))  # type: ignore[arg-type]
+            progress.advance(bar)
+
+        results = asyncio.run(
+            ingest(settings, uploads, tasks=tasks, top_k=args.top_k, timeout_s=args.timeout,
+                   on_result=shown)
+        )
+    missing = len(uploads) * len(tasks) - len(results)
+    if missing:
+        print(f"timed out: {missing} result(s) missing after {args.timeout:.0f}s", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def _schemas(check: bool) -> int:
+    from consumers import contracts
+
+    if check:
+        stale = contracts.stale()
+        if stale:
+            print(f"stale: {', '.join(stale)}; run `imagestream schemas`", file=sys.stderr)
+        return 1 if stale else 0
+    for path in contracts.write():
+        print(path)
+    return 0
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers import demo, launcher
+
+    if args.command == "up":
+        asyncio.run(launcher.up(settings, args.tasks, args.runtime_dir))
+    elif args.command == "consume":
+        asyncio.run(launcher.consume(settings, args.tasks))
+    elif args.command == "demo":
+        results = asyncio.run(demo.demo(settings))
+        return 0 if results and all(r.status.value == "ok" for r in results) else 1
+    elif args.command == "ingest":
+        return _ingest(settings, args)
+    elif args.command == "schemas":
+        return _schemas(args.check)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return _run(args, settings)
+    except ModelLoadError as exc:
+        print(f"imagestream: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""``make run``: the embedded stack end to end on scikit-image's bundled sample photos."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from consumers.console import print_result
+from consumers.ingest import ingest, uploads_for
+from consumers.launcher import embedded_stack, running_consumers
+from consumers.settings import Settings
+from schemas.events import TaskResult
+
+SAMPLES = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "hubble_deep_field")
+
+
+def write_samples(folder: Path) -> list[Path]:
+    """The samples as JPEGs, plus the astronaut again under a new id: it must find itself."""
+    import skimage.data
+
+    paths = []
+    for name in SAMPLES:
+        pixels = np.asarray(getattr(skimage.data, name)())
+        path = folder / f"{name}.jpg"
+        Image.fromarray(pixels).convert("RGB").save(path, quality=90)
+        paths.append(path)
+    copy = folder / "astronaut-copy.jpg"
+    copy.write_bytes(paths[0].read_bytes())
+    return [*paths, copy]
+
+
+async def demo(settings: Settings) -> list[TaskResult]:
+    with tempfile.TemporaryDirectory(prefix="imagestream-demo-") as tmp:
+        root = Path(tmp)
+        async with embedded_stack(settings, root / "runtime") as live:
+            async with running_consumers(live) as service:
+                images = write_samples(root)
+                print(f"demo: {len(images)} images -> {service.topics.images}", flush=True)
+                return await ingest(
+                    live, uploads_for(images), tasks=service.tasks, top_k=3,
+                    on_result=print_result,
+                )

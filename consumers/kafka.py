@@ -1,0 +1,67 @@
+"""Kafka connection settings turned into FastStream and aiokafka arguments, in one place."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+
+from consumers.settings import KafkaSettings
+
+_SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
+
+
+def _ssl_context(settings: KafkaSettings) -> ssl.SSLContext | None:
+    if not settings.security_protocol.endswith("SSL"):
+        return None
+    return ssl.create_default_context(
+        cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
+    )
+
+
+def security(settings: KafkaSettings) -> BaseSecurity | None:
+    context = _ssl_context(settings)
+    if settings.security_protocol.startswith("SASL"):
+        mechanism = settings.sasl_mechanism or "PLAIN"
+        password = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
+        return _SASL[mechanism](
+            username=settings.sasl_username or "",
+            password=password,
+            ssl_context=context,
+            use_ssl=context is not None,
+        )
+    if context is not None:
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    return None
+
+
+def make_broker(settings: KafkaSettings, **kwargs: Any) -> KafkaBroker:
+    """A broker whose producer waits for every in-sync replica (acks=all)."""
+    return KafkaBroker(
+        settings.bootstrap_servers,
+        security=security(settings),
+        acks="all",
+        enable_idempotence=settings.enable_idempotence,
+        client_id="imagestream",
+        **kwargs,
+    )
+
+
+def client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """Arguments for plain aiokafka clients (the CLI's producer and result reader)."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.security_protocol,
+        "client_id": "imagestream-cli",
+    }
+    context = _ssl_context(settings)
+    if context is not None:
+        kwargs["ssl_context"] = context
+    if settings.security_protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = settings.sasl_mechanism or "PLAIN"
+        kwargs["sasl_plain_username"] = settings.sasl_username
+        if settings.sasl_password:
+            kwargs["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return kwargs

@@ -1,0 +1,122 @@
+"""Long-running commands: ``consume`` (production), ``up`` (embedded stack) and ``demo``.
+
+``up`` and ``demo`` start the embedded servers (Tansu broker, moto S3 server) on free
+loopback ports, point this process's settings at them, and run every enabled task's
+consumer in this process beside milvus-lite (which allows one process per data folder).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from consumers.metrics import serve_metrics
+from consumers.service import ConsumerService
+from consumers.settings import STACK_ENV, Settings
+from consumers.stack import EmbeddedStack
+from schemas.topics import Topics
+
+log = logging.getLogger("imagestream")
+# Without internet the configured hub model cannot load; the embedded stack then runs
+# on random weights of the same architecture rather than not at all (said in one line).
+DEV_FALLBACKS = {"clip": "random:vit-b-32"}
+
+
+def stop_event() -> asyncio.Event:
+    """Set on SIGINT or SIGTERM, so every command shuts down the same clean way."""
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, event.set)
+    return event
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@asynccontextmanager
+async def running_consumers(
+    settings: Settings, tasks: Sequence[str] | None = None
+) -> AsyncIterator[ConsumerService]:
+    service = ConsumerService(settings, tasks)
+    metrics = settings.metrics
+    server = None
+    if metrics.port:
+        port = metrics.port if _port_free(metrics.host, metrics.port) else 0
+        server = serve_metrics(metrics.host, port, lambda: service.ready)
+        log.info("metrics on http://%s:%d/metrics", metrics.host, server.server_address[1])
+    try:
+        await service.start()
+        yield service
+    finally:
+        await service.stop()
+        if server is not None:
+            server.shutdown()
+
+
+async def consume(settings: Settings, tasks: Sequence[str] | None) -> None:
+    stop = stop_event()
+    async with running_consumers(settings, tasks):
+        await stop.wait()
+
+
+def _dev_environment(stack_env: dict[str, str], milvus_uri: str) -> Settings:
+    os.environ.update(stack_env)
+    os.environ.setdefault("IMAGESTREAM_MILVUS__URI", milvus_uri)
+    for task, spec in DEV_FALLBACKS.items():
+        os.environ.setdefault(f"IMAGESTREAM_{task.upper()}__FALLBACK_MODEL", spec)
+    return Settings()
+
+
+@asynccontextmanager
+async def embedded_stack(settings: Settings, runtime_dir: Path) -> AsyncIterator[Settings]:
+    """Start the servers and yield settings that point at them."""
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    topics = Topics(settings.kafka.topic_prefix).all()
+    stack = EmbeddedStack(
+        topics=topics,
+        partitions=settings.kafka.partitions,
+        buckets=sorted({settings.s3.bucket, *settings.s3.allowed_buckets}),
+        runtime_dir=runtime_dir,
+    )
+    async with stack:
+        yield _dev_environment(stack.env(), str(runtime_dir / "milvus.db"))
+
+
+def _write_stack_env(env: dict[str, str]) -> None:
+    STACK_ENV.parent.mkdir(parents=True, exist_ok=True)
+    STACK_ENV.write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
+
+
+async def up(settings: Settings, tasks: Sequence[str] | None, runtime_dir: Path) -> None:
+    stop = stop_event()
+    async with embedded_stack(settings, runtime_dir) as live:
+        env = {k: v for k, v in os.environ.items() if k.startswith("IMAGESTREAM_")}
+        _write_stack_env(env)
+        try:
+            async with running_consumers(live, tasks) as service:
+                topics = service.topics
+                print(f"kafka      {live.kafka.bootstrap_servers}")
+                print(f"s3         {live.s3.endpoint_url}  (bucket {live.s3.bucket})")
+                print(f"milvus     {live.milvus.uri}")
+                print(f"topics     {topics.images} -> {topics.results}")
+                print(f"env        {STACK_ENV} (read by imagestream ingest)")
+                print("ready: press Ctrl-C to stop", flush=True)
+                await stop.wait()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                STACK_ENV.unlink()
+    print("stopped", flush=True)
