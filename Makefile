@@ -1,0 +1,46 @@
+# imagestream developer commands. `make install` builds .venv; `make run` is the offline demo.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run up test lint format schemas bench clean
+
+install: $(STAMP)
+
+# torch first, pinned to the CPU build this machine ships: anything that pulls torch
+# before it makes pip resolve a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[embedded,dev]"
+	@command -v kcat >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& (apt-get install -y -qq kcat >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 \
+		&& apt-get install -y -qq kcat >/dev/null 2>&1)) || echo "kcat not installed: its test will skip"; }
+	@touch $@
+
+run: install
+	$(BIN)/imagestream demo
+
+up: install
+	$(BIN)/imagestream up
+
+test: install lint
+	$(BIN)/imagestream schemas --check
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+schemas: install
+	$(BIN)/imagestream schemas
+
+clean:
+	rm -rf .imagestream .pytest_cache .mypy_cache .ruff_cache
