@@ -19,13 +19,13 @@ from consumers.settings import DecodeSettings
 from schemas.events import ErrorCode
 
 # An allow-list, not everything Pillow can open: formats such as EPS hand the bytes to
-# Ghostscript, and rarely used decoders are where parser bugs live. MPO is how Pillow
-# identifies many phone-camera JPEGs.
-FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+# Ghostscript, and rarely used decoders are where parser bugs live. ("JPEG" also admits
+# MPO, the multi-picture JPEG of many phone cameras.)
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
 
 # What Pillow's decoders raise on malformed or truncated input (besides OSError, which
 # covers UnidentifiedImageError and "image file is truncated").
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError)
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError)
 
 # Transparent pixels carry arbitrary (often black) colour; encoders see what a viewer would
 # show on a page, so flatten onto white.

@@ -1,0 +1,252 @@
+"""The S3 reader (and the small writer the ingest CLI and the embedded stack need).
+
+One ``S3Store`` holds one aiobotocore client for the life of the process (clients are
+slow to create) and a semaphore that bounds concurrent requests across every caller.
+
+Failures come out in two kinds, because the pipeline treats them differently:
+
+- ``ItemError``: this event cannot be served, retrying will not help. Bucket not
+  allowed (``BUCKET_NOT_ALLOWED``), a key that is not a plain object path
+  (``INVALID_EVENT``: the producer sent a bad URI), no such key or bucket and other
+  object-specific 4xx answers (``OBJECT_NOT_FOUND``), over the byte cap
+  (``IMAGE_TOO_LARGE``).
+- ``S3Unavailable``: S3 itself cannot be used right now (connection refused, timeouts,
+  5xx, throttling, missing credentials, access denied); not the item's fault, so the
+  pipeline retries the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import aioboto3
+import aiohttp
+from aiobotocore.config import AioConfig
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+
+from consumers.errors import ItemError
+from consumers.settings import S3Settings
+from schemas.events import ErrorCode
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.client import S3Client
+
+T = TypeVar("T")
+
+DEFAULT_MAX_ATTEMPTS = 3
+_CHUNK_BYTES = 1024 * 1024
+_MAX_KEY_BYTES = 1024  # S3's own limit
+# put() and ensure_bucket() should not queue behind a pool saturated by get().
+_SPARE_CONNECTIONS = 4
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "Throttling", "RequestTimeout", "ServiceUnavailable", "InternalError"}
+)
+_DENIED_CODES = frozenset(
+    {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
+)
+# Errors on the way to S3 or while the body streams; whatever aiobotocore did not wrap
+# in a botocore exception surfaces as aiohttp/OS/timeout errors.
+_TRANSPORT_ERRORS = (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
+
+
+class S3Unavailable(Exception):
+    """S3 cannot be used right now; retry later. Not the item's fault."""
+
+
+class S3Store:
+    """``async with S3Store(settings) as s3: data = await s3.get(bucket, key)``."""
+
+    def __init__(self, settings: S3Settings, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+        """``max_attempts``: tries per request inside botocore, the first included (1 = no
+        retry). Kept small: the pipeline retries whole batches on ``S3Unavailable``."""
+        if (settings.access_key_id is None) != (settings.secret_access_key is None):
+            raise ValueError("set both S3 access_key_id and secret_access_key, or neither")
+        self._settings = settings
+        self._max_attempts = max_attempts
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self._stack: AsyncExitStack | None = None
+        self._client: S3Client | None = None
+
+    def __repr__(self) -> str:
+        # Deliberately without the settings object: credentials never reach a log line.
+        endpoint = self._settings.endpoint_url or "AWS"
+        return f"S3Store(endpoint={endpoint!r}, region={self._settings.region!r})"
+
+    async def start(self) -> None:
+        """Open the client; a second call is a no-op."""
+        if self._client is not None:
+            return
+        settings = self._settings
+        key_id, secret = settings.access_key_id, settings.secret_access_key
+        # Without explicit keys (None), boto's default chain (env, profile, role) applies.
+        session = aioboto3.Session(
+            aws_access_key_id=key_id.get_secret_value() if key_id else None,
+            aws_secret_access_key=secret.get_secret_value() if secret else None,
+            region_name=settings.region,
+        )
+        stack = AsyncExitStack()
+        self._client = await stack.enter_async_context(
+            session.client("s3", endpoint_url=settings.endpoint_url, config=self._config())
+        )
+        self._stack = stack
+
+    async def close(self) -> None:
+        """Close the client and its connection pool; a second call is a no-op."""
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def client(self) -> S3Client:
+        """The underlying aiobotocore client (not bounded by the semaphore)."""
+        if self._client is None:
+            raise RuntimeError("S3Store is not started: use `async with S3Store(...)` or start()")
+        return self._client
+
+    async def get(self, bucket: str, key: str) -> bytes:
+        """The object's bytes, at most ``max_object_bytes`` of them."""
+        uri = f"s3://{bucket}/{key}"
+        if bucket not in self._settings.allowed_buckets:
+            raise ItemError(
+                ErrorCode.BUCKET_NOT_ALLOWED, f"{uri}: bucket {bucket!r} is not allowed"
+            )
+        _check_key(key, uri)
+        async with self._slots:
+            return await self._call(f"reading {uri}", self._fetch(bucket, key, uri))
+
+    async def put(
+        self, bucket: str, key: str, data: bytes, content_type: str | None = None
+    ) -> None:
+        """Store ``data`` at ``s3://bucket/key`` (overwrites)."""
+        uri = f"s3://{bucket}/{key}"
+        _check_key(key, uri)
+        extra: dict[str, Any] = {"ContentType": content_type} if content_type else {}
+        async with self._slots:
+            await self._call(
+                f"writing {uri}", self.client.put_object(Bucket=bucket, Key=key, Body=data, **extra)
+            )
+
+    async def ensure_bucket(self, bucket: str) -> None:
+        """Create ``bucket`` unless it exists; safe to call concurrently and repeatedly."""
+        what = f"creating bucket s3://{bucket}"
+        try:
+            await self._call(what, self.client.head_bucket(Bucket=bucket))
+            return
+        except ItemError as exc:
+            if exc.code is not ErrorCode.OBJECT_NOT_FOUND:
+                raise
+        extra: dict[str, Any] = {}
+        if self._settings.region != "us-east-1":
+            # Every region but us-east-1 requires the constraint to be spelled out.
+            extra["CreateBucketConfiguration"] = {"LocationConstraint": self._settings.region}
+        try:
+            await self._call(what, self.client.create_bucket(Bucket=bucket, **extra))
+        except ItemError as exc:
+            # Lost a race with another creator: the bucket is there, which is the goal.
+            if _error_code(exc.__cause__) != "BucketAlreadyOwnedByYou":
+                raise
+
+    def _config(self) -> AioConfig:
+        settings = self._settings
+        return AioConfig(
+            region_name=settings.region,
+            connect_timeout=settings.connect_timeout_s,
+            read_timeout=settings.read_timeout_s,
+            retries={"total_max_attempts": self._max_attempts, "mode": "standard"},
+            max_pool_connections=settings.max_concurrency + _SPARE_CONNECTIONS,
+            # Newer botocore adds CRC headers that several S3-compatible stores reject.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            # Custom endpoints (MinIO, moto) get path-style URLs: a virtual-host URL such
+            # as http://images.minio:9000 does not resolve inside a compose network.
+            s3={"addressing_style": "path"} if settings.endpoint_url else None,
+        )
+
+    async def _fetch(self, bucket: str, key: str, uri: str) -> bytes:
+        response = await self.client.get_object(Bucket=bucket, Key=key)
+        limit = self._settings.max_object_bytes
+        body = response["Body"]
+        # Leaving the context on an unfinished body drops the connection instead of
+        # draining it, so refusing a huge object costs no download. (The context yields
+        # the raw aiohttp response, hence `body` itself is what gets read.)
+        async with body:
+            declared = response.get("ContentLength")
+            if declared is not None and declared > limit:
+                raise ItemError(
+                    ErrorCode.IMAGE_TOO_LARGE,
+                    f"{uri} is {declared:,} bytes, over the limit of {limit:,}",
+                )
+            # The header can be missing (chunked encoding) or wrong: count as we go.
+            data = bytearray()
+            while chunk := await body.read(_CHUNK_BYTES):
+                data += chunk
+                if len(data) > limit:
+                    raise ItemError(
+                        ErrorCode.IMAGE_TOO_LARGE,
+                        f"{uri} is over the limit of {limit:,} bytes (stopped reading)",
+                    )
+            return bytes(data)
+
+    async def _call(self, what: str, request: Awaitable[T]) -> T:
+        """Await one client request, translating its failures like ``get`` does."""
+        try:
+            return await request
+        except ClientError as exc:
+            raise _from_client_error(exc, what) from exc
+        except ParamValidationError:
+            raise
+        except _TRANSPORT_ERRORS as exc:
+            raise S3Unavailable(f"S3 is unavailable {what}: {exc}") from exc
+
+
+def _check_key(key: str, uri: str) -> None:
+    # Some servers and proxies normalise the request path, so "images/../secret/x" could
+    # be served from another bucket, round the allow-list. A bad key is the producer's
+    # mistake, hence INVALID_EVENT rather than OBJECT_NOT_FOUND.
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        raise ItemError(
+            ErrorCode.INVALID_EVENT,
+            f"{uri}: the key must be a relative path without '..' segments",
+        )
+    if len(key.encode()) > _MAX_KEY_BYTES:
+        raise ItemError(ErrorCode.INVALID_EVENT, f"{uri[:80]}...: the key is over 1024 bytes")
+
+
+def _error_code(exc: BaseException | None) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _from_client_error(exc: ClientError, what: str) -> Exception:
+    """S3's answer as an ``ItemError`` (this object) or ``S3Unavailable`` (S3 as a whole)."""
+    code = _error_code(exc)
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+    message = exc.response.get("Error", {}).get("Message", "") or code or str(status)
+    if code in _NOT_FOUND_CODES or status == 404:
+        noun = "bucket" if code == "NoSuchBucket" else "object"
+        return ItemError(ErrorCode.OBJECT_NOT_FOUND, f"{what}: no such {noun} ({message})")
+    if code in _TRANSIENT_CODES or status >= 500 or status in (408, 429):
+        return S3Unavailable(f"S3 is unavailable {what}: {code or status} {message}")
+    if code in _DENIED_CODES or status == 403:
+        # Nearly always credentials or a bucket policy, which fails every item alike; a
+        # per-item error here would turn a misconfiguration into a flood of bad results.
+        return S3Unavailable(f"S3 denied access {what}: {code} {message} (check credentials)")
+    return ItemError(ErrorCode.OBJECT_NOT_FOUND, f"{what}: S3 refused with {code}: {message}")
