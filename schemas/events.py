@@ -12,11 +12,11 @@ import hashlib
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 MAX_METADATA_ITEMS = 32
 MAX_METADATA_VALUE_CHARS = 1024
 MAX_ID_CHARS = 512

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ PresetBuilder = Callable[[Path], None]
 Loader = Callable[[str, bool], T]
 
 _PRESETS: dict[str, dict[str, PresetBuilder]] = {}
+# Seeding uses torch's global generator: two builds in one process must not interleave.
+_BUILD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -80,12 +83,17 @@ def random_model_dir(family: str, preset: str, cache_dir: Path) -> Path:
         known = ", ".join(presets(family)) or "none"
         raise LookupError(f"unknown random preset {preset!r} (known: {known})")
     final = cache_dir / f"random-{family}-{preset}"
-    if final.is_dir():
-        return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _BUILD_LOCK:
+        if not final.is_dir():
+            _build_atomically(builder, final)
+    return final
+
+
+def _build_atomically(builder: PresetBuilder, final: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
     # Built beside its final place so the rename is atomic: a racing process either
     # sees nothing or a complete folder, never a half-written one.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         with seeded():
             builder(tmp)
@@ -98,7 +106,6 @@ def random_model_dir(family: str, preset: str, cache_dir: Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
 
 
 def hub_unreachable_reason() -> str | None:
@@ -114,7 +121,9 @@ def hub_unreachable_reason() -> str | None:
     try:
         get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
     except Exception:
-        return f"not in the local Hugging Face cache and the hub ({constants.ENDPOINT}) is unreachable"
+        return (
+            f"not in the local Hugging Face cache and the hub ({constants.ENDPOINT}) is unreachable"
+        )
     return None
 
 
@@ -169,7 +178,14 @@ def load_with_fallback(
         fallback = task.fallback_model
         if not fallback or fallback == task.model:
             raise
-        logger.warning("%s; using fallback %s model %r", err, kind.label, fallback)
+        reason = _one_line(err.__cause__ or err)
+        logger.warning(
+            "%s model %r could not be loaded (%s); using fallback %r",
+            kind.label,
+            task.model,
+            reason,
+            fallback,
+        )
     return fallback, load_model(fallback, kind, cache_dir, loader)
 
 
@@ -199,7 +215,8 @@ def build_tokenizer(vocab_size: int, max_length: int) -> Any:
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A {eos}", special_tokens=[(bos, 0), (eos, 1)]
     )
-    return PreTrainedTokenizerFast(
+    fast_tokenizer: Any = PreTrainedTokenizerFast  # untyped in transformers' stubs
+    return fast_tokenizer(
         tokenizer_object=tok,
         bos_token=bos,
         eos_token=eos,
