@@ -1,0 +1,345 @@
+"""Milvus access for one vector space: create the collection, upsert rows, batched search.
+
+Plain types only (no pydantic) so the pipeline decides how results become events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import grpc  # type: ignore[import-untyped]
+import numpy as np
+import numpy.typing as npt
+from pymilvus import DataType, MilvusClient, MilvusException
+from pymilvus.exceptions import ConnectionConfigException
+
+from consumers.settings import MilvusSettings
+
+log = logging.getLogger(__name__)
+
+# Milvus caps VARCHAR in bytes: 512 characters of any script (4 bytes each) plus a "#n" suffix.
+ID_MAX_BYTES = 4096
+URI_MAX_BYTES = 8192
+TENANT_MAX_BYTES = 256
+# milvus-lite rebuilds a snapshot of its unflushed rows row by row on every search (about
+# 60 ms per 1k 512-d rows, under a lock that also blocks writes); flushing keeps that small.
+LITE_FLUSH_EVERY_ROWS = 2048
+SERVER_PREFIXES = ("http://", "https://", "tcp://", "unix:")
+INDEX_BUILD_PARAMS = {"HNSW": {"M": 16, "efConstruction": 200}, "IVF_FLAT": {"nlist": 1024}}
+FIELDS = ["id", "image_id", "uri", "tenant", "metadata", "vector"]
+# Client-made "cannot connect" and the server's "service unavailable" share code 2.
+_CONNECT_FAILED = 2
+_TRANSIENT_GRPC = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# Only the escapes both parsers accept (Go strconv.Unquote on a server, milvus-lite's lexer).
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+Vector = npt.NDArray[np.float32] | Sequence[float]
+Neighbours = list[list[tuple[str, float]]]
+
+
+class StoreUnavailable(Exception):
+    """Milvus cannot be reached or the milvus-lite folder cannot be opened: retry later."""
+
+
+class StoreSchemaError(RuntimeError):
+    """The existing collection does not fit what this store was asked to use."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VectorRow:
+    id: str
+    image_id: str
+    uri: str
+    vector: Vector
+    tenant: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class VectorStore:
+    """One Milvus collection: COSINE vectors keyed by a VARCHAR id, tenant as partition key.
+
+    Blocking: call it from a worker thread (``asyncio.to_thread``). Calls from several
+    threads at once are fine after ``open()``: the pymilvus client's gRPC channel is
+    thread-safe and the only other state is an approximate count of unflushed rows;
+    ``open``/``close`` must not race other calls.
+
+    ``settings.uri`` ending in ``.db`` is a milvus-lite folder. milvus-lite serves it from
+    inside this process and holds a file lock on it until the process exits (``close()``
+    does not release it): one process per folder, so several consumer processes need a
+    Milvus server. ``settings.index_type`` applies to servers only; milvus-lite always
+    uses AUTOINDEX (brute force, or HNSW when faiss-cpu is installed).
+    """
+
+    def __init__(
+        self,
+        settings: MilvusSettings,
+        collection: str,
+        dim: int,
+        *,
+        timeout_s: float = 30.0,
+        flush_every_rows: int | None = None,
+    ) -> None:
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self.settings = settings
+        self.collection = collection
+        self.dim = dim
+        self.timeout_s = timeout_s
+        self.is_lite = not settings.uri.startswith(SERVER_PREFIXES)
+        default_flush = LITE_FLUSH_EVERY_ROWS if self.is_lite else 0  # a server flushes itself
+        self.flush_every_rows = default_flush if flush_every_rows is None else flush_every_rows
+        self._unflushed = 0
+        self._client: MilvusClient | None = None
+        self._index_type = "AUTOINDEX"
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Connect, create the collection if missing, check its dim and load it."""
+        if self._client is not None:
+            return
+        client = self._connect()
+        try:
+            with _translate_errors():
+                self._index_type = self._ensure_collection(client)
+                client.load_collection(self.collection, timeout=self.timeout_s)
+        except BaseException:
+            client.close()
+            raise
+        self._client = client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def upsert(self, rows: Sequence[VectorRow]) -> None:
+        """Insert or replace whole rows by id (the same id twice leaves one row)."""
+        if not rows:
+            return
+        data = [self._row_dict(row) for row in rows]
+        self._call("upsert", data=data)
+        self._unflushed += len(data)
+        if self.flush_every_rows and self._unflushed >= self.flush_every_rows:
+            self._unflushed = 0
+            self._call("flush")
+
+    def search(
+        self,
+        vectors: npt.ArrayLike,
+        top_k: int,
+        exclude_ids: Sequence[str | None] | None = None,
+        tenant: str | None = None,
+        restrict_ids: Sequence[str] | None = None,
+    ) -> Neighbours:
+        """Nearest neighbours of each query row as (id, cosine similarity), best first.
+
+        One batched call for all rows. ``exclude_ids[i]`` is left out of row i's result;
+        a filter expression is shared by every row of a batched call, so instead each row
+        asks for one extra hit and drops its own id here. ``tenant=None`` searches every
+        tenant, ``""`` only rows stored without one. ``restrict_ids`` limits candidates.
+        """
+        queries = self._as_matrix(vectors)
+        n = queries.shape[0]
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {top_k}")
+        if exclude_ids is not None and len(exclude_ids) != n:
+            raise ValueError(f"exclude_ids has {len(exclude_ids)} entries for {n} queries")
+        if n == 0 or top_k == 0 or (restrict_ids is not None and not restrict_ids):
+            return [[] for _ in range(n)]
+        limit = top_k + (1 if exclude_ids is not None else 0)
+        hits = self._call(
+            "search",
+            data=queries,
+            limit=limit,
+            filter=_filter_expr(tenant, restrict_ids),
+            output_fields=["id"],
+            search_params={"params": self._search_params(limit)},
+            consistency_level="Strong",  # rows upserted just before must be visible
+        )
+        excluded = exclude_ids or [None] * n
+        return [
+            [(str(h["id"]), float(h["distance"])) for h in row if h["id"] != skip][:top_k]
+            for row, skip in zip(hits, excluded, strict=True)
+        ]
+
+    def count(self) -> int:
+        """Exact number of live rows (an upserted id counts once)."""
+        rows = self._call(
+            "query", filter="", output_fields=["count(*)"], consistency_level="Strong"
+        )
+        return int(rows[0]["count(*)"])
+
+    def get(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Stored rows in the order of ``ids``; missing ids are skipped."""
+        if not ids:
+            return []
+        # Not client.get(ids=...): pymilvus quotes VARCHAR keys there without escaping.
+        found = self._call(
+            "query",
+            filter=_filter_expr(None, ids),
+            output_fields=FIELDS,
+            consistency_level="Strong",
+        )
+        by_id = {str(row["id"]): {name: row.get(name) for name in FIELDS} for row in found}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def _connect(self) -> MilvusClient:
+        uri = self.settings.uri
+        if self.is_lite:
+            if not uri.endswith(".db"):
+                raise ValueError(f"a milvus-lite path must end in .db, got {uri!r}")
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        token = self.settings.token.get_secret_value() if self.settings.token else ""
+        try:
+            with _translate_errors():
+                return MilvusClient(uri=uri, token=token, timeout=self.timeout_s)
+        except ConnectionConfigException as exc:
+            if not self.is_lite:
+                raise
+            # pymilvus hides milvus-lite's reason; a lock held by another process is the usual one.
+            raise StoreUnavailable(
+                f"cannot open milvus-lite at {uri!r}: is another process using it? milvus-lite "
+                "is one process per folder; use a Milvus server for several processes"
+            ) from exc
+
+    def _ensure_collection(self, client: MilvusClient) -> str:
+        """Create the collection and its index where missing; return the index type."""
+        name, timeout = self.collection, self.timeout_s
+        if not client.has_collection(name, timeout=timeout):
+            try:
+                client.create_collection(name, schema=self._schema(), timeout=timeout)
+                log.info("created Milvus collection %s (dim %d)", name, self.dim)
+            except MilvusException:
+                # Another process may have created it meanwhile; anything else re-raises.
+                if not client.has_collection(name, timeout=timeout):
+                    raise
+        fields = client.describe_collection(name, timeout=timeout)["fields"]
+        dims = [int(f["params"]["dim"]) for f in fields if f["name"] == "vector"]
+        if dims != [self.dim]:
+            raise StoreSchemaError(
+                f"Milvus collection {name!r} has dim {dims[0] if dims else '(none)'} but the "
+                f"encoder produces dim {self.dim}: use another collection name for this "
+                f"model, or drop {name!r} and re-index"
+            )
+        indexes = client.list_indexes(name, field_name="vector", timeout=timeout)
+        if not indexes:
+            # sync=False: pymilvus otherwise polls every 0.5 s; load_collection waits anyway.
+            client.create_index(name, self._index_params(client), timeout=timeout, sync=False)
+            indexes = client.list_indexes(name, field_name="vector", timeout=timeout)
+        info = client.describe_index(name, indexes[0], timeout=timeout)
+        return str(info.get("index_type", "AUTOINDEX")).upper()
+
+    def _schema(self) -> Any:
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX_BYTES)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+        schema.add_field("image_id", DataType.VARCHAR, max_length=ID_MAX_BYTES)
+        schema.add_field("uri", DataType.VARCHAR, max_length=URI_MAX_BYTES)
+        schema.add_field(
+            "tenant", DataType.VARCHAR, max_length=TENANT_MAX_BYTES, is_partition_key=True
+        )
+        schema.add_field("metadata", DataType.JSON)
+        return schema
+
+    def _index_params(self, client: MilvusClient) -> Any:
+        index_type = "AUTOINDEX" if self.is_lite else self.settings.index_type.upper()
+        params = client.prepare_index_params()
+        params.add_index(
+            "vector",
+            index_name="vector",
+            index_type=index_type,
+            metric_type="COSINE",
+            params=INDEX_BUILD_PARAMS.get(index_type, {}),
+        )
+        return params
+
+    def _search_params(self, limit: int) -> dict[str, int]:
+        if self._index_type.startswith("HNSW"):
+            return {"ef": max(64, limit)}  # HNSW needs ef >= limit
+        if self._index_type.startswith("IVF"):
+            return {"nprobe": 32}
+        return {}
+
+    def _row_dict(self, row: VectorRow) -> dict[str, Any]:
+        vector = np.asarray(row.vector, dtype=np.float32)
+        if vector.shape != (self.dim,):
+            raise ValueError(f"row {row.id!r}: vector shape {vector.shape}, expected ({self.dim},)")
+        return {
+            "id": row.id,
+            "vector": vector,
+            "image_id": row.image_id,
+            "uri": row.uri,
+            "tenant": row.tenant,
+            "metadata": dict(row.metadata),
+        }
+
+    def _as_matrix(self, vectors: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"query vectors have shape {queries.shape}, expected (n, {self.dim})")
+        return queries
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        if self._client is None:
+            raise RuntimeError("VectorStore is not open: call open() or use it as a context")
+        with _translate_errors():
+            call = getattr(self._client, method)
+            return call(self.collection, timeout=self.timeout_s, **kwargs)
+
+
+def _literal(value: str) -> str:
+    """A double-quoted Milvus string literal that cannot end early or inject an operator.
+
+    milvus-lite 3.2 rejects pymilvus filter templates (``filter_params``), so values are
+    escaped here instead, which also works on every server version.
+    """
+    if any(ord(ch) < 0x20 and ch not in "\t\n\r" for ch in value):
+        raise ValueError(f"control character in filter value {value!r}")
+    return '"' + value.translate(_ESCAPES) + '"'
+
+
+def _filter_expr(tenant: str | None, restrict_ids: Sequence[str] | None) -> str:
+    clauses = []
+    if tenant is not None:
+        clauses.append(f"tenant == {_literal(tenant)}")
+    if restrict_ids is not None:
+        clauses.append(f"id in [{', '.join(map(_literal, restrict_ids))}]")
+    return " and ".join(clauses)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:  # pymilvus does `raise e from e`
+        seen.add(id(current))
+        code = getattr(current, "code", None)  # grpc errors: a method; Milvus errors: a value
+        if isinstance(current, grpc.RpcError) and callable(code) and code() in _TRANSIENT_GRPC:
+            return True
+        if isinstance(current, MilvusException) and (
+            current.code == _CONNECT_FAILED or current.code in _TRANSIENT_GRPC or current.retriable
+        ):
+            return True
+        current = current.__cause__
+    return False
+
+
+@contextmanager
+def _translate_errors() -> Iterator[None]:
+    """Connection trouble becomes StoreUnavailable; everything else is left as raised."""
+    try:
+        yield
+    except (MilvusException, grpc.RpcError) as exc:
+        if _is_transient(exc):
+            raise StoreUnavailable(f"Milvus unavailable: {exc}") from exc
+        raise
