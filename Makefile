@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	@command -v kcat >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& (apt-get install -y -qq kcat >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 \
 		&& apt-get install -y -qq kcat >/dev/null 2>&1)) || echo "kcat not installed: its test will skip"; }
+	@install -m 755 infra/bin/kcat $(BIN)/kcat
 	@touch $@
 
 run: install

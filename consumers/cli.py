@@ -49,8 +49,14 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
             progress.advance(bar)
 
         results = asyncio.run(
-            ingest(settings, uploads, tasks=tasks, top_k=args.top_k, timeout_s=args.timeout,
-                   on_result=shown)
+            ingest(
+                settings,
+                uploads,
+                tasks=tasks,
+                top_k=args.top_k,
+                timeout_s=args.timeout,
+                on_result=shown,
+            )
         )
     missing = len(uploads) * len(tasks) - len(results)
     if missing:

@@ -35,11 +35,10 @@ def write_samples(folder: Path) -> list[Path]:
 async def demo(settings: Settings) -> list[TaskResult]:
     with tempfile.TemporaryDirectory(prefix="imagestream-demo-") as tmp:
         root = Path(tmp)
-        async with embedded_stack(settings, root / "runtime") as live:
-            async with running_consumers(live) as service:
-                images = write_samples(root)
-                print(f"demo: {len(images)} images -> {service.topics.images}", flush=True)
-                return await ingest(
-                    live, uploads_for(images), tasks=service.tasks, top_k=3,
-                    on_result=print_result,
-                )
+        uploads = uploads_for(write_samples(root))
+        async with (
+            embedded_stack(settings, root / "runtime") as live,
+            running_consumers(live) as service,
+        ):
+            print(f"demo: {len(uploads)} images -> {service.topics.images}", flush=True)
+            return await ingest(live, uploads, tasks=service.tasks, top_k=3, on_result=print_result)

@@ -106,9 +106,7 @@ async def publish_events(settings: Settings, events: Sequence[ImageSubmitted]) -
     topic = Topics(settings.kafka.topic_prefix).images
     await producer.start()
     try:
-        sends = [
-            await producer.send(topic, dump(e), key=e.image_id.encode()) for e in events
-        ]
+        sends = [await producer.send(topic, dump(e), key=e.image_id.encode()) for e in events]
         await asyncio.gather(*sends)
     finally:
         await producer.stop()

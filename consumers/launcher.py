@@ -27,6 +27,8 @@ log = logging.getLogger("imagestream")
 # Without internet the configured hub model cannot load; the embedded stack then runs
 # on random weights of the same architecture rather than not at all (said in one line).
 DEV_FALLBACKS = {"clip": "random:vit-b-32"}
+# Tansu answers a group join after half the session timeout; 6 s keeps start-up quick.
+DEV_KAFKA = {"SESSION_TIMEOUT_MS": "6000", "HEARTBEAT_INTERVAL_MS": "1000"}
 
 
 def stop_event() -> asyncio.Event:
@@ -76,6 +78,8 @@ async def consume(settings: Settings, tasks: Sequence[str] | None) -> None:
 def _dev_environment(stack_env: dict[str, str], milvus_uri: str) -> Settings:
     os.environ.update(stack_env)
     os.environ.setdefault("IMAGESTREAM_MILVUS__URI", milvus_uri)
+    for name, value in DEV_KAFKA.items():
+        os.environ.setdefault(f"IMAGESTREAM_KAFKA__{name}", value)
     for task, spec in DEV_FALLBACKS.items():
         os.environ.setdefault(f"IMAGESTREAM_{task.upper()}__FALLBACK_MODEL", spec)
     return Settings()
@@ -84,7 +88,7 @@ def _dev_environment(stack_env: dict[str, str], milvus_uri: str) -> Settings:
 @asynccontextmanager
 async def embedded_stack(settings: Settings, runtime_dir: Path) -> AsyncIterator[Settings]:
     """Start the servers and yield settings that point at them."""
-    runtime_dir.mkdir(parents=True, exist_ok=True)
+    runtime_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, at start-up)
     topics = Topics(settings.kafka.topic_prefix).all()
     stack = EmbeddedStack(
         topics=topics,

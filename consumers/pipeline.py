@@ -209,6 +209,10 @@ class ImagePipeline:
 
     def _bad_event_result(self, bad: BadEvent, watch: Stopwatch) -> TaskResult:
         return error_result(
-            self.task, bad.event_id, bad.image_id, bad.error, model=self.encoder.model_name,
+            self.task,
+            bad.event_id,
+            bad.image_id,
+            bad.error,
+            model=self.encoder.model_name,
             watch=watch,
         )

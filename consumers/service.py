@@ -15,14 +15,12 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
-from typing import Annotated, Any
+from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 from faststream.middlewares import AckPolicy
-from faststream.params import NoCast
 
 from consumers.encoders import encoder_class
 from consumers.kafka import make_broker
@@ -61,7 +59,9 @@ class ConsumerService:
         self.settings = settings
         self.topics = Topics(settings.kafka.topic_prefix)
         self.tasks = list(tasks if tasks is not None else settings.enabled_tasks())
-        self.broker: KafkaBroker = make_broker(settings.kafka, graceful_timeout=20.0)
+        self.broker: KafkaBroker = make_broker(
+            settings.kafka, graceful_timeout=20.0, apply_types=False
+        )
         self.results = self.broker.publisher(
             self.topics.results,
             schema=TaskResult,
@@ -89,13 +89,16 @@ class ConsumerService:
             decoder=raw_values,
             auto_offset_reset=kafka.auto_offset_reset,
             session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
             max_poll_interval_ms=kafka.max_poll_interval_ms,
             title=f"{self.topics.images}:{task}",
             description=f"The {task} task's consumer group.",
         )
 
-        async def handle(body: Annotated[list[ImageSubmitted], NoCast], msg: KafkaMessage) -> None:
-            await self._handle(task, msg)
+        async def handle(body: list[ImageSubmitted]) -> None:
+            # The annotation documents the payload in AsyncAPI; the broker does not cast
+            # (apply_types=False), so each event is validated on its own in the pipeline.
+            await self._handle(task, self.broker.context.get_local("message"))
 
         subscriber(handle)
 
@@ -118,8 +121,9 @@ class ConsumerService:
         started = perf_counter()
         await asyncio.to_thread(encoder.load)
         MODEL_LOAD_S.labels(task, encoder.model_name).set(perf_counter() - started)
-        log.info("%s: loaded %s (dim %d) on %s", task, encoder.model_name, encoder.dim,
-                 encoder.device)
+        log.info(
+            "%s: loaded %s (dim %d) on %s", task, encoder.model_name, encoder.dim, encoder.device
+        )
         store = VectorStore(self.settings.milvus, task_settings.collection, encoder.dim)
         await asyncio.get_running_loop().run_in_executor(pools.store, store.open)
         self._stores.append(store)

@@ -33,7 +33,10 @@ class KafkaSettings(BaseModel):
         description="On against Apache Kafka; the embedded Tansu broker rejects it.",
     )
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    session_timeout_ms: int = 30_000
+    session_timeout_ms: int = Field(
+        default=30_000, description="The embedded stack uses 6000: Tansu holds a join half of it."
+    )
+    heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
 
 

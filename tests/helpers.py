@@ -1,0 +1,63 @@
+"""Test helpers shared by the integration tests (plain functions, no fixtures)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from PIL import Image
+
+from consumers.kafka import client_kwargs
+from consumers.settings import Settings
+from schemas.events import ImageSubmitted, TaskResult, dump
+from schemas.topics import Topics
+
+
+def jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def sample_jpeg(name: str) -> bytes:
+    import skimage.data
+
+    return jpeg(np.asarray(getattr(skimage.data, name)()))
+
+
+def event(image_id: str, uri: str, **fields: object) -> ImageSubmitted:
+    return ImageSubmitted.model_validate(
+        {"event_id": uuid.uuid4().hex, "image_id": image_id, "uri": uri, **fields}
+    )
+
+
+async def produce(settings: Settings, messages: Sequence[tuple[bytes, bytes]]) -> None:
+    """Publish raw (key, value) pairs to the images topic in one burst."""
+    producer = AIOKafkaProducer(**client_kwargs(settings.kafka), acks="all")
+    await producer.start()
+    try:
+        topic = Topics(settings.kafka.topic_prefix).images
+        futures = [await producer.send(topic, value, key=key) for key, value in messages]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def produce_events(settings: Settings, events: Sequence[ImageSubmitted]) -> None:
+    await produce(settings, [(e.image_id.encode(), dump(e)) for e in events])
+
+
+async def collect(reader: AIOKafkaConsumer, count: int, timeout_s: float) -> list[TaskResult]:
+    """Read results until ``count`` arrived or the time is up."""
+    results: list[TaskResult] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while len(results) < count and loop.time() < deadline:
+        batches = await reader.getmany(timeout_ms=500)
+        for records in batches.values():
+            results.extend(TaskResult.model_validate_json(r.value) for r in records)
+    return results
