@@ -94,12 +94,23 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+QUIET_LOGGERS = ("aiokafka", "faiss", "milvus_lite", "faststream.access", "botocore")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Per-batch and per-connection chatter from libraries buries the lines that matter.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level)
     try:
         return _run(args, settings)
     except ModelLoadError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import Any
 
@@ -45,6 +46,8 @@ def make_broker(settings: KafkaSettings, **kwargs: Any) -> KafkaBroker:
         acks="all",
         enable_idempotence=settings.enable_idempotence,
         client_id="imagestream",
+        # "Received"/"Processed" per batch at DEBUG: our own logs and metrics say more.
+        log_level=logging.DEBUG,
         **kwargs,
     )
 

@@ -22,7 +22,6 @@ from consumers.settings import (
     Settings,
 )
 from consumers.stack import Broker, create_topics
-from consumers.store import VectorStore
 from schemas.events import ErrorCode, Status, TaskResult
 from schemas.topics import Topics
 from tests.helpers import collect, event, produce, produce_events, sample_jpeg

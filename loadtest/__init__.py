@@ -1,0 +1,1 @@
+"""Load generator and report (throughput, latency percentiles, plots)."""
