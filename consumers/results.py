@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from time import perf_counter
+from typing import Any
 
 from consumers.errors import ItemError
 from schemas.events import (
     ImageSubmitted,
-    Neighbor,
     Reply,
     Status,
     TaskError,
@@ -43,9 +43,10 @@ def ok_result(
     *,
     model: str,
     dim: int,
-    neighbors: list[Neighbor],
     watch: Stopwatch,
+    **fields: Any,
 ) -> TaskResult:
+    """``fields`` are the task's own: neighbors, faces, labels, caption."""
     return TaskResult(
         result_id=result_id(event.event_id, task),
         source_event_id=event.event_id,
@@ -54,10 +55,10 @@ def ok_result(
         status=Status.OK,
         model=model,
         dim=dim,
-        neighbors=neighbors,
         timings=watch.timings(),
         reply=event.reply,
         submitted_at=event.submitted_at,
+        **fields,
     )
 
 

@@ -30,6 +30,7 @@ from consumers.records import Record
 from consumers.s3 import S3Store, S3Unavailable
 from consumers.settings import Settings
 from consumers.store import StoreUnavailable, VectorStore
+from consumers.tasks import task_class
 from schemas.events import ImageSubmitted, TaskResult, dump
 from schemas.topics import Topics
 
@@ -127,7 +128,8 @@ class ConsumerService:
         store = VectorStore(self.settings.milvus, task_settings.collection, encoder.dim)
         await asyncio.get_running_loop().run_in_executor(pools.store, store.open)
         self._stores.append(store)
-        return ImagePipeline(task, encoder, store, self._s3, self.settings.decode, pools)
+        image_task = task_class(task)(encoder, store)
+        return ImagePipeline(image_task, self._s3, self.settings.decode, pools)
 
     async def stop(self) -> None:
         self.ready = False

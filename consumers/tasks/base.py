@@ -1,0 +1,98 @@
+"""What a task adds to the generic image pipeline.
+
+The pipeline (``consumers/pipeline.py``) owns everything tasks share: parsing, S3
+reads, decoding, timings, error results. A task owns three steps, each run where it
+belongs: ``prepare`` (CPU, one image, in the decode thread pool), ``infer`` (one
+batched call on the device thread) and ``store`` (Milvus writes and searches on the
+store thread), which fills each job's result fields.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from PIL import Image
+
+from consumers.encoders.base import Encoder
+from consumers.results import Stopwatch
+from consumers.store import VectorStore
+from schemas.events import ImageSubmitted
+
+Prepared = TypeVar("Prepared")
+Output = TypeVar("Output")
+
+
+@dataclass
+class Job(Generic[Prepared]):
+    """One event's journey through a batch."""
+
+    index: int
+    event: ImageSubmitted
+    watch: Stopwatch
+    prepared: Prepared | None = None
+    fields: dict[str, Any] = field(default_factory=dict)  # TaskResult fields: neighbors, ...
+
+    @property
+    def tenant(self) -> str:
+        return self.event.collection or ""
+
+
+def vector_id(image_id: str, tenant: str) -> str:
+    """The primary key: the image id, scoped by tenant so tenants never overwrite each other."""
+    return f"{tenant}/{image_id}" if tenant else image_id
+
+
+def strip_tenant(key: str, tenant: str) -> str:
+    return key.removeprefix(f"{tenant}/") if tenant else key
+
+
+class ImageTask(ABC, Generic[Prepared, Output]):
+    name: ClassVar[str]
+
+    def __init__(self, encoder: Encoder, store: VectorStore) -> None:
+        self.encoder = encoder
+        self.store = store
+
+    @property
+    def model_name(self) -> str:
+        return self.encoder.model_name
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    @abstractmethod
+    def prepare(self, image: Image.Image) -> Prepared:
+        """CPU work on one decoded image; thread-safe."""
+
+    @abstractmethod
+    def infer(self, prepared: list[Prepared]) -> list[Output]:
+        """One batched device call; one output per prepared item."""
+
+    @abstractmethod
+    def store_and_search(self, jobs: list[Job[Prepared]], outputs: list[Output]) -> None:
+        """Write to Milvus, search, set each job's result ``fields``; stamp index/search."""
+
+
+def stamp(jobs: list[Job[Any]], stage: str, millis: float) -> None:
+    """A batched stage's time counts for every job of the batch."""
+    for job in jobs:
+        job.watch.add(stage, millis)
+
+
+_TASKS: dict[str, type[ImageTask[Any, Any]]] = {}
+
+
+def register_task(cls: type[ImageTask[Any, Any]]) -> type[ImageTask[Any, Any]]:
+    _TASKS[cls.name] = cls
+    return cls
+
+
+def task_class(name: str) -> type[ImageTask[Any, Any]]:
+    try:
+        return _TASKS[name]
+    except KeyError:
+        known = ", ".join(sorted(_TASKS)) or "none"
+        raise KeyError(f"no task named {name!r} (known: {known})") from None

@@ -1,0 +1,74 @@
+"""Tasks that store one vector per image and return its nearest other images (CLIP, ...)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from time import perf_counter
+
+import numpy as np
+import torch
+from PIL import Image
+
+from consumers.encoders.base import Vectors
+from consumers.results import since
+from consumers.store import VectorRow
+from consumers.tasks.base import (
+    ImageTask,
+    Job,
+    register_task,
+    stamp,
+    strip_tenant,
+    vector_id,
+)
+from schemas.events import Neighbor
+
+
+class EmbeddingTask(ImageTask[torch.Tensor, np.ndarray]):
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        return self.encoder.preprocess(image)
+
+    def infer(self, prepared: list[torch.Tensor]) -> list[np.ndarray]:
+        return list(self.encoder.encode_images(prepared))
+
+    def store_and_search(self, jobs: list[Job[torch.Tensor]], outputs: list[np.ndarray]) -> None:
+        vectors: Vectors = np.stack(outputs)
+        start = perf_counter()
+        self.store.upsert([self._row(job, vectors[i]) for i, job in enumerate(jobs)])
+        stamp(jobs, "index", since(start))
+        start = perf_counter()
+        self._search(jobs, vectors)
+        stamp(jobs, "search", since(start))
+
+    @staticmethod
+    def _row(job: Job[torch.Tensor], vector: np.ndarray) -> VectorRow:
+        event = job.event
+        return VectorRow(
+            id=vector_id(event.image_id, job.tenant),
+            image_id=event.image_id,
+            uri=event.uri,
+            tenant=job.tenant,
+            metadata=dict(event.metadata),
+            vector=vector,
+        )
+
+    def _search(self, jobs: list[Job[torch.Tensor]], vectors: Vectors) -> None:
+        """One batched search per tenant (a filter cannot differ per row of one call)."""
+        by_tenant: dict[str, list[int]] = defaultdict(list)
+        for i, job in enumerate(jobs):
+            job.fields["neighbors"] = []
+            if job.event.top_k > 0:
+                by_tenant[job.tenant].append(i)
+        for tenant, rows in by_tenant.items():
+            top_k = max(jobs[i].event.top_k for i in rows)
+            own = [vector_id(jobs[i].event.image_id, tenant) for i in rows]
+            hits = self.store.search(vectors[rows], top_k, exclude_ids=own, tenant=tenant)
+            for i, found in zip(rows, hits, strict=True):
+                jobs[i].fields["neighbors"] = [
+                    Neighbor(id=strip_tenant(key, tenant), score=score)
+                    for key, score in found[: jobs[i].event.top_k]
+                ]
+
+
+@register_task
+class ClipTask(EmbeddingTask):
+    name = "clip"
