@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from consumers.launcher import embedded_stack, running_consumers
 from consumers.settings import Settings
 from schemas.events import TaskResult
 
+# Off by default, cheap enough on a CPU to show here (captions are not: see README).
+DEMO_TASKS = ("dinov2",)
 SAMPLES = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "hubble_deep_field")
 
 
@@ -33,6 +36,8 @@ def write_samples(folder: Path) -> list[Path]:
 
 
 async def demo(settings: Settings) -> list[TaskResult]:
+    for task in DEMO_TASKS:  # an explicit IMAGESTREAM_<TASK>__ENABLED still wins
+        os.environ.setdefault(f"IMAGESTREAM_{task.upper()}__ENABLED", "true")
     with tempfile.TemporaryDirectory(prefix="imagestream-demo-") as tmp:
         root = Path(tmp)
         uploads = uploads_for(write_samples(root))

@@ -26,7 +26,7 @@ from schemas.topics import Topics
 log = logging.getLogger("imagestream")
 # Without internet the configured hub model cannot load; the embedded stack then runs
 # on random weights of the same architecture rather than not at all (said in one line).
-DEV_FALLBACKS = {"clip": "random:vit-b-32"}
+DEV_FALLBACKS = {"clip": "random:vit-b-32", "dinov2": "random:small"}
 # Tansu answers a group join after half the session timeout; 6 s keeps start-up quick.
 DEV_KAFKA = {"SESSION_TIMEOUT_MS": "6000", "HEARTBEAT_INTERVAL_MS": "1000"}
 

@@ -92,6 +92,14 @@ class ClipSettings(TaskSettings):
     collection: str = "clip_images"
 
 
+class Dinov2Settings(TaskSettings):
+    """DINOv2 image features in their own collection, keyed by the same image id as CLIP."""
+
+    enabled: bool = Field(default=False, description="Off unless enabled (`make run` enables it).")
+    model: str = "facebook/dinov2-small"
+    collection: str = "dinov2_images"
+
+
 class MetricsSettings(BaseModel):
     port: int = Field(default=9464, description="/metrics, /healthz, /readyz; 0 = off.")
     host: str = "127.0.0.1"
@@ -111,6 +119,7 @@ class Settings(BaseSettings):
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     clip: ClipSettings = Field(default_factory=ClipSettings)
+    dinov2: Dinov2Settings = Field(default_factory=Dinov2Settings)
     model_cache_dir: Path = Field(
         default=Path.home() / ".cache" / "imagestream" / "models",
         description="Where random:<preset> models are built and saved.",

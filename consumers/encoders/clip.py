@@ -1,14 +1,15 @@
 """CLIP (and SigLIP) image and text embeddings from any Hugging Face checkpoint or folder.
 
-Images are preprocessed here with PIL + numpy from the checkpoint's image processor
-config instead of calling the Hugging Face processor per image: the same arithmetic
-without its per-call overhead (resize, crop, then a per-channel lookup table), and safe
-to run from the decode thread pool.
+Images are preprocessed with ``PixelSpec`` (consumers/encoders/pixels.py). Every task
+of one process that names the same checkpoint (clip, labels, classify, search) shares
+one loaded model: the weights are read once and the calls already run on one device
+thread.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 
 from consumers.encoders.base import Encoder, Vectors, register
+from consumers.encoders.pixels import PixelSpec, preprocess_image
 from consumers.encoders.weights import (
     ModelKind,
     PresetBuilder,
@@ -27,80 +29,7 @@ from consumers.encoders.weights import (
 from consumers.settings import Settings, TaskSettings
 
 KIND = ModelKind(family="clip", task="clip", label="CLIP")
-
-
-@dataclass(frozen=True, eq=False)
-class PixelSpec:
-    """What the image processor does, reduced to the steps we reimplement."""
-
-    shortest_edge: int | None
-    resize_to: tuple[int, int] | None  # (height, width), when resizing to a fixed size
-    resample: Image.Resampling
-    crop: tuple[int, int] | None  # (height, width)
-    # (3, 256): the rescaled, normalised value of every uint8 level per channel. A
-    # lookup is exact and ~2x faster than float arithmetic on the whole image.
-    lut: np.ndarray[Any, np.dtype[np.float32]] = field(repr=False)
-
-    @classmethod
-    def from_processor(cls, proc: Any) -> PixelSpec | None:
-        """None when the config asks for something not reimplemented (then HF runs)."""
-        size = proc.size if proc.do_resize else None
-        shortest, longest = _size_field(size, "shortest_edge"), _size_field(size, "longest_edge")
-        height, width = _size_field(size, "height"), _size_field(size, "width")
-        if size is not None and (longest or not (shortest or (height and width))):
-            return None
-        if getattr(proc, "do_pad", None):
-            return None
-        crop = proc.crop_size if getattr(proc, "do_center_crop", False) else None
-        scale = float(proc.rescale_factor) if proc.do_rescale else 1.0
-        mean = np.asarray(proc.image_mean if proc.do_normalize else 0.0, dtype=np.float32)
-        std = np.asarray(proc.image_std if proc.do_normalize else 1.0, dtype=np.float32)
-        return cls(
-            shortest_edge=shortest if size is not None and shortest else None,
-            resize_to=(height, width) if size is not None and not shortest else None,
-            resample=Image.Resampling(int(proc.resample)),
-            crop=(_size_field(crop, "height"), _size_field(crop, "width")) if crop else None,
-            lut=_levels_lut(scale, mean, std),
-        )
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        target = self.resize_to or self._shortest_edge_size(image.height, image.width)
-        if target is not None and target != (image.height, image.width):
-            image = image.resize((target[1], target[0]), resample=self.resample)
-        if self.crop is not None:
-            # Same offsets as transformers' center_crop; PIL pads outside pixels with 0.
-            (ch, cw), (h, w) = self.crop, (image.height, image.width)
-            top, left = (h - ch) // 2, (w - cw) // 2
-            image = image.crop((left, top, left + cw, top + ch))
-        levels = np.asarray(image).transpose(2, 0, 1)
-        pixels = np.empty(levels.shape, dtype=np.float32)
-        for channel in range(3):
-            np.take(self.lut[channel], levels[channel], out=pixels[channel])
-        return torch.from_numpy(pixels)
-
-    def _shortest_edge_size(self, height: int, width: int) -> tuple[int, int] | None:
-        if self.shortest_edge is None:
-            return None
-        short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)
-        return (new_long, new_short) if width <= height else (new_short, new_long)
-
-
-def _levels_lut(
-    scale: float, mean: np.ndarray[Any, Any], std: np.ndarray[Any, Any]
-) -> np.ndarray[Any, np.dtype[np.float32]]:
-    levels = np.arange(256, dtype=np.float32) * np.float32(scale)
-    mean3 = np.broadcast_to(mean, (3,)).astype(np.float32)[:, None]
-    std3 = np.broadcast_to(std, (3,)).astype(np.float32)[:, None]
-    return ((levels[None, :] - mean3) / std3).astype(np.float32)
-
-
-def _size_field(size: Any, key: str) -> Any:
-    if size is None:
-        return None
-    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+__all__ = ["KIND", "ClipEncoder", "PixelSpec"]
 
 
 def _features(output: Any) -> torch.Tensor:
@@ -118,6 +47,11 @@ class _Bundle:
     model: Any
     processor: Any
     tokenizer: Any
+
+
+# Loaded checkpoints by (source, device, dtype), shared by every ClipEncoder of the process.
+_SHARED: dict[tuple[str, str, torch.dtype], _Bundle] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 @register
@@ -144,6 +78,13 @@ class ClipEncoder(Encoder):
         )
 
     def _load_bundle(self, source: str, local_files_only: bool) -> _Bundle:
+        key = (source, str(self.device), self.dtype)
+        with _SHARED_LOCK:
+            if key not in _SHARED:
+                _SHARED[key] = self._read_bundle(source, local_files_only)
+            return _SHARED[key]
+
+    def _read_bundle(self, source: str, local_files_only: bool) -> _Bundle:
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
         model = AutoModel.from_pretrained(
@@ -166,12 +107,7 @@ class ClipEncoder(Encoder):
         return self._bundle
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        if self._pixels is not None:
-            return self._pixels(image)
-        # Configs PixelSpec does not cover (padding, longest_edge) go through HF itself.
-        batch = self.bundle.processor(images=image.convert("RGB"), return_tensors="pt")
-        pixels: torch.Tensor = batch["pixel_values"][0]
-        return pixels.float()
+        return preprocess_image(self._pixels, self.bundle.processor, image)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":

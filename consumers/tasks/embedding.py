@@ -1,4 +1,4 @@
-"""Tasks that store one vector per image and return its nearest other images (CLIP, ...)."""
+"""Tasks that store one vector per image and return its nearest other images (CLIP, DINOv2)."""
 
 from __future__ import annotations
 
@@ -72,3 +72,8 @@ class EmbeddingTask(ImageTask[torch.Tensor, np.ndarray]):
 @register_task
 class ClipTask(EmbeddingTask):
     name = "clip"
+
+
+@register_task
+class Dinov2Task(EmbeddingTask):
+    name = "dinov2"
