@@ -59,21 +59,30 @@ class ImagePipeline:
 
     async def process(self, records: Sequence[Record]) -> list[TaskResult]:
         """Results in input order; events for other tasks yield none."""
+        return [result for _, result in await self.process_indexed(records)]
+
+    async def process_indexed(self, records: Sequence[Record]) -> list[tuple[int, TaskResult]]:
+        """(index into ``records``, result) in input order; events for other tasks and
+        repeats of an event id already in the batch (same result id) yield none."""
         started = perf_counter()
         results: dict[int, TaskResult] = {}
         jobs: list[Job[Any]] = []
+        seen: set[str] = set()
         for index, record in enumerate(records):
             event = parse_image_event(record)
             if isinstance(event, BadEvent):
                 results[index] = self._bad_event_result(event, Stopwatch(started))
+            elif event.event_id in seen:
+                continue
             elif not event.tasks or self.name in event.tasks:
+                seen.add(event.event_id)
                 jobs.append(Job(index, event, Stopwatch(started)))
         ready = await self._prepare_all(jobs, results)
         if ready:
             await self._infer_and_store(ready)
             for job in ready:
                 results[job.index] = self._ok(job)
-        return [results[i] for i in sorted(results)]
+        return sorted(results.items())
 
     async def _prepare_all(
         self, jobs: list[Job[Any]], results: dict[int, TaskResult]
@@ -107,7 +116,8 @@ class ImagePipeline:
         return None
 
     def _decode(self, data: bytes) -> Any:
-        return self.task.prepare(decode_image(data, self.decode_settings))
+        image = decode_image(data, self.decode_settings, self.task.encoder.min_input_side)
+        return self.task.prepare(image)
 
     async def _infer_and_store(self, jobs: list[Job[Any]]) -> None:
         prepared = [job.prepared for job in jobs]

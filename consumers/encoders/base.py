@@ -44,6 +44,9 @@ class Encoder(ABC):
         self.dtype = pick_dtype(self.device)
         self.model_name: str = task.model
         self.dim: int = 0
+        # The shortest image side ``preprocess`` needs (None = any): decoders may shrink
+        # larger images to it before preprocessing, which saves most of the decode time.
+        self.min_input_side: int | None = None
 
     @abstractmethod
     def load(self) -> None:
