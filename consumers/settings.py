@@ -100,6 +100,31 @@ class Dinov2Settings(TaskSettings):
     collection: str = "dinov2_images"
 
 
+class CaptionSettings(TaskSettings):
+    """Captions (seeds 002 and 003), stored with the image id in their own collection."""
+
+    enabled: bool = Field(default=False, description="Off by default: generation is slow on a CPU.")
+    model: str = Field(
+        default="Salesforce/blip-image-captioning-base",
+        description="Any image-to-text checkpoint with fixed-size pixel inputs (BLIP, GIT).",
+    )
+    collection: str = Field(
+        default="captions",
+        description="Caption in metadata.caption; vector = the captioner's pooled image feature.",
+    )
+    max_records: int = Field(default=8, ge=1, description="Largest micro-batch.")
+    prompt: str = Field(
+        default="", description="Text the caption continues (BLIP: e.g. 'a picture of')."
+    )
+    max_new_tokens: int = Field(default=30, ge=1, le=512)
+    halve_rate: float = Field(
+        default=0.5, gt=0, le=1, description="Seed 002: scale every side by this first..."
+    )
+    min_size: int = Field(
+        default=384, ge=1, description="...but never the shorter side below this (pixels)."
+    )
+
+
 class MetricsSettings(BaseModel):
     port: int = Field(default=9464, description="/metrics, /healthz, /readyz; 0 = off.")
     host: str = "127.0.0.1"
@@ -120,6 +145,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     clip: ClipSettings = Field(default_factory=ClipSettings)
     dinov2: Dinov2Settings = Field(default_factory=Dinov2Settings)
+    caption: CaptionSettings = Field(default_factory=CaptionSettings)
     model_cache_dir: Path = Field(
         default=Path.home() / ".cache" / "imagestream" / "models",
         description="Where random:<preset> models are built and saved.",

@@ -16,6 +16,7 @@ from consumers.launcher import running_consumers
 from consumers.s3 import S3Store
 from consumers.service import ConsumerService
 from consumers.settings import (
+    CaptionSettings,
     ClipSettings,
     Dinov2Settings,
     KafkaSettings,
@@ -30,7 +31,7 @@ from schemas.topics import Topics
 from tests.helpers import event, produce_events, sample_jpeg
 
 pytestmark = pytest.mark.integration
-TASKS = ["clip", "dinov2"]
+TASKS = ["clip", "dinov2", "caption"]
 SAMPLES = ("astronaut", "coffee", "camera", "chelsea")
 
 
@@ -55,6 +56,7 @@ async def settings(
         metrics=MetricsSettings(port=0),
         clip=ClipSettings(**tiny),
         dinov2=Dinov2Settings(enabled=True, **tiny),
+        caption=CaptionSettings(enabled=True, max_new_tokens=6, min_size=16, **tiny),
         model_cache_dir=root / "models",
     )
 
@@ -104,3 +106,26 @@ async def test_dinov2_neighbours_find_an_exact_duplicate_first(
     (row,) = store.get([f"{run}-copy"])
     assert row["image_id"] == f"{run}-copy"
     assert len(row["vector"]) == 32
+
+
+async def test_an_image_gets_a_caption_stored_by_its_id_with_timings(
+    settings: Settings, service: ConsumerService
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    results = await _submit(settings, {f"{run}-a": "chelsea", f"{run}-b": "rocket"}, ["caption"])
+
+    store = service.pipelines["caption"].task.store
+    assert store.collection == "captions"
+    for image_id, result in results.items():
+        assert result.status is Status.OK, result.error
+        assert (result.task, result.model, result.dim) == ("caption", "random:tiny", 32)
+        # Random weights say nothing sensible, but they say something, within the limit.
+        assert isinstance(result.caption, str)
+        assert result.caption.strip()
+        assert not result.neighbors
+        t = result.timings
+        assert min(t.fetch, t.decode, t.encode, t.index) > 0
+        assert t.total >= t.encode + t.index
+        (row,) = store.get([image_id])
+        assert row["metadata"]["caption"] == result.caption
+        assert len(row["vector"]) == 32

@@ -1,6 +1,6 @@
 """Encoders, one module each; importing this package registers them all explicitly."""
 
-from consumers.encoders import clip, dinov2
+from consumers.encoders import caption, clip, dinov2
 from consumers.encoders.base import Encoder, encoder_class, registered
 
-__all__ = ["Encoder", "clip", "dinov2", "encoder_class", "registered"]
+__all__ = ["Encoder", "caption", "clip", "dinov2", "encoder_class", "registered"]

@@ -25,6 +25,7 @@ from consumers.encoders.weights import (
     build_tokenizer,
     load_with_fallback,
     register_preset,
+    tower,
 )
 from consumers.settings import Settings, TaskSettings
 
@@ -173,15 +174,10 @@ def _clip_preset(
     return build
 
 
-def _tower(hidden: int, layers: int, heads: int, **extra: int) -> dict[str, int]:
-    sizes = {"hidden_size": hidden, "intermediate_size": 4 * hidden}
-    return {**sizes, "num_hidden_layers": layers, "num_attention_heads": heads, **extra}
-
-
 register_preset("clip", "tiny")(
     _clip_preset(
-        text=_tower(32, 2, 2, vocab_size=1024, max_position_embeddings=32),
-        vision=_tower(32, 2, 2, image_size=32, patch_size=8),
+        text=tower(32, 2, 2, vocab_size=1024, max_position_embeddings=32),
+        vision=tower(32, 2, 2, image_size=32, patch_size=8),
         projection_dim=32,
         tokenizer_vocab=1024,
     )
@@ -189,16 +185,16 @@ register_preset("clip", "tiny")(
 # The architectures of openai/clip-vit-base-patch32 and openai/clip-vit-large-patch14.
 register_preset("clip", "vit-b-32")(
     _clip_preset(
-        text=_tower(512, 12, 8, vocab_size=49408, max_position_embeddings=77),
-        vision=_tower(768, 12, 12, image_size=224, patch_size=32),
+        text=tower(512, 12, 8, vocab_size=49408, max_position_embeddings=77),
+        vision=tower(768, 12, 12, image_size=224, patch_size=32),
         projection_dim=512,
         tokenizer_vocab=8192,
     )
 )
 register_preset("clip", "vit-l-14")(
     _clip_preset(
-        text=_tower(768, 12, 12, vocab_size=49408, max_position_embeddings=77),
-        vision=_tower(1024, 24, 16, image_size=224, patch_size=14),
+        text=tower(768, 12, 12, vocab_size=49408, max_position_embeddings=77),
+        vision=tower(1024, 24, 16, image_size=224, patch_size=14),
         projection_dim=768,
         tokenizer_vocab=8192,
     )

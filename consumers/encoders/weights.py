@@ -189,6 +189,12 @@ def load_with_fallback(
     return fallback, load_model(fallback, kind, cache_dir, loader)
 
 
+def tower(hidden: int, layers: int, heads: int, **extra: int) -> dict[str, int]:
+    """Transformer sizes for a preset's config (MLP 4x wide, as in ViT/BERT/CLIP)."""
+    sizes = {"hidden_size": hidden, "intermediate_size": 4 * hidden}
+    return {**sizes, "num_hidden_layers": layers, "num_attention_heads": heads, **extra}
+
+
 def build_tokenizer(vocab_size: int, max_length: int) -> Any:
     """A real byte-level BPE tokenizer trained in memory, so no download is needed.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from time import perf_counter
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +22,19 @@ from consumers.tasks.base import (
     vector_id,
 )
 from schemas.events import Neighbor
+
+
+def image_row(job: Job[Any], vector: np.ndarray, **extra: str) -> VectorRow:
+    """The row of one image: keyed by (tenant, image id), the event's metadata + ``extra``."""
+    event = job.event
+    return VectorRow(
+        id=vector_id(event.image_id, job.tenant),
+        image_id=event.image_id,
+        uri=event.uri,
+        tenant=job.tenant,
+        metadata={**event.metadata, **extra},
+        vector=vector,
+    )
 
 
 class EmbeddingTask(ImageTask[torch.Tensor, np.ndarray]):
@@ -41,15 +55,7 @@ class EmbeddingTask(ImageTask[torch.Tensor, np.ndarray]):
 
     @staticmethod
     def _row(job: Job[torch.Tensor], vector: np.ndarray) -> VectorRow:
-        event = job.event
-        return VectorRow(
-            id=vector_id(event.image_id, job.tenant),
-            image_id=event.image_id,
-            uri=event.uri,
-            tenant=job.tenant,
-            metadata=dict(event.metadata),
-            vector=vector,
-        )
+        return image_row(job, vector)
 
     def _search(self, jobs: list[Job[torch.Tensor]], vectors: Vectors) -> None:
         """One batched search per tenant (a filter cannot differ per row of one call)."""

@@ -1,0 +1,51 @@
+"""The ``caption`` task: one batched ``generate`` per micro-batch, stored by image id.
+
+Each image's row in the captions collection (key = tenant/image id, like every other
+collection) holds the caption in ``metadata.caption`` beside the event's own metadata,
+and the captioner's pooled image feature as its vector. The result carries the caption;
+``encode`` is the generation time and ``index`` the upsert.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+
+import numpy as np
+import torch
+from PIL import Image
+
+from consumers.encoders.caption import CaptionEncoder
+from consumers.results import since
+from consumers.tasks.base import ImageTask, Job, register_task, stamp
+from consumers.tasks.embedding import image_row
+
+
+@register_task
+class CaptionTask(ImageTask[torch.Tensor, tuple[str, np.ndarray]]):
+    name = "caption"
+
+    @property
+    def captioner(self) -> CaptionEncoder:
+        if not isinstance(self.encoder, CaptionEncoder):
+            raise TypeError(f"the caption task needs a CaptionEncoder, not {self.encoder!r}")
+        return self.encoder
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        return self.captioner.preprocess(image)
+
+    def infer(self, prepared: list[torch.Tensor]) -> list[tuple[str, np.ndarray]]:
+        captions, vectors = self.captioner.caption(prepared)
+        return list(zip(captions, vectors, strict=True))
+
+    def store_and_search(
+        self, jobs: list[Job[torch.Tensor]], outputs: list[tuple[str, np.ndarray]]
+    ) -> None:
+        start = perf_counter()
+        rows = [
+            image_row(job, vector, caption=text)
+            for job, (text, vector) in zip(jobs, outputs, strict=True)
+        ]
+        self.store.upsert(rows)
+        stamp(jobs, "index", since(start))
+        for job, (text, _) in zip(jobs, outputs, strict=True):
+            job.fields["caption"] = text
