@@ -72,6 +72,7 @@ class ClipEncoder(Encoder):
         config = bundle.model.config
         self._bundle = bundle
         self._pixels = PixelSpec.from_processor(bundle.processor)
+        self.min_input_side = self._pixels.min_side if self._pixels else None
         self.model_name = spec
         self.dim = int(getattr(config, "projection_dim", 0) or config.vision_config.hidden_size)
         self.max_text_length = min(
