@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--top-k", type=int, default=5)
     ingest.add_argument("--timeout", type=float, default=300.0, help="seconds to wait")
     ingest.add_argument("--id-prefix", default="", help="prepended to each file's stem")
+    from consumers.commands import add_commands as add_task_commands
+
+    add_task_commands(sub)  # classifier, search
     schemas = sub.add_parser("schemas", help="write JSON Schema + AsyncAPI to schemas/generated")
     schemas.add_argument("--check", action="store_true", help="fail if they are stale")
     return parser
@@ -112,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings()
     configure_logging(settings.log_level)
     try:
+        if hasattr(args, "handler"):  # classifier, search: consumers/commands.py
+            return int(args.handler(args))
         return _run(args, settings)
     except ModelLoadError as exc:
         print(f"imagestream: {exc}", file=sys.stderr)

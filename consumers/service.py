@@ -125,10 +125,13 @@ class ConsumerService:
         log.info(
             "%s: loaded %s (dim %d) on %s", task, encoder.model_name, encoder.dim, encoder.device
         )
-        store = VectorStore(self.settings.milvus, task_settings.collection, encoder.dim)
-        await asyncio.get_running_loop().run_in_executor(pools.store, store.open)
-        self._stores.append(store)
-        image_task = task_class(task)(encoder, store)
+        image_task_class = task_class(task)
+        store = None
+        if image_task_class.needs_store:  # labels and classify only score vectors
+            store = VectorStore(self.settings.milvus, task_settings.collection, encoder.dim)
+            await asyncio.get_running_loop().run_in_executor(pools.store, store.open)
+            self._stores.append(store)
+        image_task = image_task_class(encoder, store)
         return ImagePipeline(image_task, self._s3, self.settings.decode, pools)
 
     async def stop(self) -> None:

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RUNTIME_DIR = Path(".imagestream")
@@ -125,6 +125,35 @@ class CaptionSettings(TaskSettings):
     )
 
 
+class ClipHeadSettings(TaskSettings):
+    """A task that scores CLIP image vectors (labels, classify) and stores nothing.
+
+    Its model follows the clip section's (model, fallback, device) unless set, so one
+    loaded CLIP serves clip, labels, classify and search in one process.
+    """
+
+    model: str = Field(default="", description="Empty = the clip section's model.")
+    collection: str = Field(default="", description="Unused: this task stores nothing.")
+
+
+class LabelsSettings(ClipHeadSettings):
+    """Zero-shot labels in the stream (seed 001), over a set from ``zero_shot``."""
+
+    enabled: bool = Field(default=False, description="Off unless enabled (`make run` enables it).")
+    label_set: str | None = Field(default=None, description="Default: zero_shot.default_set.")
+    top_k: int | None = Field(default=None, ge=1, description="Default: zero_shot.top_k.")
+
+
+class ClassifySettings(ClipHeadSettings):
+    """Trained classifier heads (seed 004) applied to every image's CLIP vector."""
+
+    enabled: bool = Field(default=False, description="Off unless enabled.")
+    heads_dir: Path = Field(
+        default=RUNTIME_DIR / "heads",
+        description="Where `imagestream classifier train` saves heads; reloaded on change.",
+    )
+
+
 class MetricsSettings(BaseModel):
     port: int = Field(default=9464, description="/metrics, /healthz, /readyz; 0 = off.")
     host: str = "127.0.0.1"
@@ -146,11 +175,24 @@ class Settings(BaseSettings):
     clip: ClipSettings = Field(default_factory=ClipSettings)
     dinov2: Dinov2Settings = Field(default_factory=Dinov2Settings)
     caption: CaptionSettings = Field(default_factory=CaptionSettings)
+    labels: LabelsSettings = Field(default_factory=LabelsSettings)
+    classify: ClassifySettings = Field(default_factory=ClassifySettings)
     model_cache_dir: Path = Field(
         default=Path.home() / ".cache" / "imagestream" / "models",
         description="Where random:<preset> models are built and saved.",
     )
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _heads_follow_clip(self) -> Settings:
+        for section in (self.labels, self.classify):
+            if not section.model:
+                section.model = self.clip.model
+                if "fallback_model" not in section.model_fields_set:
+                    section.fallback_model = self.clip.fallback_model
+                if "device" not in section.model_fields_set:
+                    section.device = self.clip.device
+        return self
 
     def task(self, name: str) -> TaskSettings:
         section = getattr(self, name, None)

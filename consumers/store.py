@@ -298,6 +298,21 @@ class VectorStore:
             return call(self.collection, timeout=self.timeout_s, **kwargs)
 
 
+def stored_dim(settings: MilvusSettings, collection: str) -> int | None:
+    """The vector dim of an existing collection, or None when there is no such collection."""
+    probe = VectorStore(settings, collection, dim=1)
+    client = probe._connect()
+    try:
+        with _translate_errors():
+            if not client.has_collection(collection, timeout=probe.timeout_s):
+                return None
+            fields = client.describe_collection(collection, timeout=probe.timeout_s)["fields"]
+    finally:
+        client.close()
+    dims = [int(f["params"]["dim"]) for f in fields if f["name"] == "vector"]
+    return dims[0] if dims else None
+
+
 def _literal(value: str) -> str:
     """A double-quoted Milvus string literal that cannot end early or inject an operator.
 

@@ -145,6 +145,17 @@ class Label(BaseModel):
     score: float
 
 
+class ClassPrediction(BaseModel):
+    """One classifier head's verdict on an image (seed 004's ``class_id`` + ``proba``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    head: str = Field(description="The head's name (`imagestream classifier train NAME`).")
+    class_id: int = Field(description="Index of the class in the head's sorted classes.")
+    label: str = Field(description="The class as named in the training labels.")
+    proba: float = Field(description="The head's probability for that class, 0 to 1.")
+
+
 class Timings(BaseModel):
     """Milliseconds per stage; stages a task did not run stay 0."""
 
@@ -178,6 +189,12 @@ class TaskResult(_Event):
     faces: list[Face] | None = None
     labels: list[Label] | None = None
     caption: str | None = None
+    classes: list[ClassPrediction] | None = Field(
+        default=None, description="The classify task: one prediction per trained head."
+    )
+    truncated: bool | None = Field(
+        default=None, description="Text search: the text was cut to the model's token limit."
+    )
     timings: Timings = Field(default_factory=Timings)
     reply: Reply | None = None
     submitted_at: datetime | None = Field(

@@ -50,10 +50,18 @@ def strip_tenant(key: str, tenant: str) -> str:
 
 class ImageTask(ABC, Generic[Prepared, Output]):
     name: ClassVar[str]
+    # False for tasks that only score vectors (labels, classify): no collection is opened.
+    needs_store: ClassVar[bool] = True
 
-    def __init__(self, encoder: Encoder, store: VectorStore) -> None:
+    def __init__(self, encoder: Encoder, store: VectorStore | None) -> None:
         self.encoder = encoder
-        self.store = store
+        self._store = store
+
+    @property
+    def store(self) -> VectorStore:
+        if self._store is None:
+            raise RuntimeError(f"the {self.name} task was built without a vector store")
+        return self._store
 
     @property
     def model_name(self) -> str:

@@ -1,0 +1,55 @@
+"""``imagestream classifier ...`` and ``imagestream search``: registered on the main CLI.
+
+Each handler takes the parsed arguments and the settings (tests pass their own), prints
+what a person needs, and returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from consumers.settings import Settings
+
+
+def add_commands(sub: Any) -> None:
+    classifier = sub.add_parser("classifier", help="classifier heads over stored CLIP vectors")
+    actions = classifier.add_subparsers(dest="action", required=True)
+    train = actions.add_parser("train", help="train a head from image_id,label rows")
+    train.add_argument("name", help="the head's name (letters, digits, - and _)")
+    train.add_argument("--labels", type=Path, required=True, help="CSV of image_id,label")
+    train.add_argument("--method", choices=["logreg", "stack"], default="logreg")
+    train.add_argument("--test-size", type=float, default=0.25, help="held-out share")
+    train.add_argument("--tenant", default="", help="the images' collection (tenant)")
+    train.set_defaults(handler=lambda args: classifier_train(Settings(), args))
+    listing = actions.add_parser("list", help="the heads in IMAGESTREAM_CLASSIFY__HEADS_DIR")
+    listing.set_defaults(handler=lambda args: classifier_list(Settings(), args))
+
+
+def classifier_train(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.heads import HeadError, train
+    from consumers.store import StoreUnavailable
+
+    try:
+        info = train(settings, args.name, args.labels, args.method, args.test_size, args.tenant)
+    except (HeadError, OSError, StoreUnavailable) as exc:
+        print(f"imagestream classifier: {exc}", file=sys.stderr)
+        return 1
+    if info.accuracy is None:
+        print(f"{info.name}: too few images for a held-out split ({info.n_train} labelled)")
+    else:
+        print(f"{info.name}: held-out accuracy {info.accuracy:.3f} ({info.n_test} images)")
+    folder = settings.classify.heads_dir
+    print(f"{info.name}: {info.method} over {len(info.classes)} classes, saved in {folder}")
+    return 0
+
+
+def classifier_list(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.heads import list_heads
+
+    for head in list_heads(settings.classify.heads_dir):
+        accuracy = "n/a" if head.accuracy is None else f"{head.accuracy:.3f}"
+        print(f"{head.name:<20} {head.method:<7} accuracy {accuracy:<6} {', '.join(head.classes)}")
+    return 0
