@@ -67,6 +67,13 @@ class PixelSpec:
             np.take(self.lut[channel], levels[channel], out=pixels[channel])
         return torch.from_numpy(pixels)
 
+    @property
+    def min_side(self) -> int | None:
+        """The shortest side the model sees: decoding need not keep more."""
+        if self.shortest_edge is not None:
+            return self.shortest_edge
+        return min(self.resize_to) if self.resize_to else None
+
     def _shortest_edge_size(self, height: int, width: int) -> tuple[int, int] | None:
         if self.shortest_edge is None:
             return None
