@@ -91,6 +91,9 @@ class CaptionEncoder(Encoder):
         )
         self._bundle = bundle
         self._pixels = PixelSpec.from_processor(bundle.processor)
+        if self._pixels is not None and self._pixels.min_side is not None:
+            # Decoding may drop detail down to what both the model and the policy keep.
+            self.min_input_side = max(self._pixels.min_side, self.options.min_size)
         self.model_name = spec
         config = getattr(bundle.tower, "config", None)
         self.dim = int(getattr(config, "hidden_size", 0) or bundle.model.config.hidden_size)

@@ -41,6 +41,7 @@ class Dinov2Encoder(Encoder):
         )
         self._bundle = bundle
         self._pixels = PixelSpec.from_processor(bundle.processor)
+        self.min_input_side = self._pixels.min_side if self._pixels else None
         self.model_name = spec
         self.dim = int(bundle.model.config.hidden_size)
 
