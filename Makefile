@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[embedded,dev]"
+	$(BIN)/pip install -q -e ".[embedded,dev,bench]"
 	@command -v kcat >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& (apt-get install -y -qq kcat >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 \
 		&& apt-get install -y -qq kcat >/dev/null 2>&1)) || echo "kcat not installed: its test will skip"; }
@@ -42,6 +42,11 @@ format: install
 
 schemas: install
 	$(BIN)/imagestream schemas
+
+# The CPU load test (docs/performance.md): bare encoder, legacy loop, then a consumer
+# process through the embedded broker, S3 server and milvus-lite. Last line: efficiency=<ratio>.
+bench: install
+	$(BIN)/imagestream loadtest --model random:vit-b-32 --batch 32 --out .imagestream/bench
 
 clean:
 	rm -rf .imagestream .pytest_cache .mypy_cache .ruff_cache

@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     from consumers.commands import add_commands as add_task_commands
 
     add_task_commands(sub)  # classifier, search
+    from loadtest.cli import add_commands
+
+    add_commands(sub)  # loadtest, bench
     schemas = sub.add_parser("schemas", help="write JSON Schema + AsyncAPI to schemas/generated")
     schemas.add_argument("--check", action="store_true", help="fail if they are stale")
     return parser

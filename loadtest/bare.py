@@ -1,0 +1,69 @@
+"""The bare encoder benchmark: the consumer's model call alone, on tensors in memory.
+
+Same encoder class, model spec, device and batch size as the consumer, and the same call
+the pipeline's infer step makes (``Encoder.encode_images``: collate, forward,
+normalise), on images that are already fetched, decoded and preprocessed. Nothing else
+runs meanwhile, so this is the ceiling the pipeline is measured against.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from time import perf_counter
+from typing import Any
+
+import torch
+
+from consumers.decode import decode_image
+from consumers.encoders import encoder_class
+from consumers.encoders.base import Encoder
+from consumers.settings import Settings
+from loadtest.consumer import self_cpu_seconds
+from loadtest.stats import percentiles
+
+
+def load_encoder(settings: Settings, task: str = "clip") -> Encoder:
+    encoder = encoder_class(task)(settings.task(task), settings)
+    encoder.load()
+    return encoder
+
+
+def prepare(encoder: Encoder, settings: Settings, images: Sequence[bytes]) -> list[torch.Tensor]:
+    """What the pipeline's decode pool hands the model: decoded, preprocessed tensors."""
+    return [encoder.preprocess(decode_image(data, settings.decode)) for data in images]
+
+
+def bare_benchmark(
+    encoder: Encoder, tensors: list[torch.Tensor], batches: int, warmup: int = 1
+) -> dict[str, Any]:
+    """Images/s over ``batches`` timed calls of ``len(tensors)`` images each, after
+    ``warmup`` untimed ones (the first call pays for lazy init and allocator growth).
+
+    ``service_ms`` is the median time of one call: the service time of one batch.
+    """
+    if batches < 1 or not tensors:
+        raise ValueError("need at least one timed batch of at least one image")
+    for _ in range(warmup):
+        encoder.encode_images(tensors)
+    times = []
+    cpu_start = self_cpu_seconds()
+    for _ in range(batches):
+        start = perf_counter()
+        encoder.encode_images(tensors)
+        times.append(perf_counter() - start)
+    cpu = self_cpu_seconds() - cpu_start
+    gc.collect()
+    return {
+        "model": encoder.model_name,
+        "device": str(encoder.device),
+        "dtype": str(encoder.dtype).removeprefix("torch."),
+        "batch": len(tensors),
+        "batches": batches,
+        "torch_threads": torch.get_num_threads(),
+        "images_per_s": len(tensors) * batches / sum(times),
+        # CPU time is far less sensitive than wall time to other work on a shared machine.
+        "images_per_cpu_s": len(tensors) * batches / cpu if cpu > 0 else None,
+        "batch_ms": percentiles(t * 1000 for t in times),
+        "service_ms": sorted(times)[len(times) // 2] * 1000,
+    }

@@ -1,0 +1,82 @@
+"""``imagestream loadtest`` and ``imagestream bench milvus``: arguments and entry points."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+DEFAULTS_NOTE = "(default: %(default)s)"
+
+
+def add_commands(sub: Any) -> None:
+    """Register the subcommands on ``imagestream``'s subparsers."""
+    from loadtest.config import LoadtestConfig
+
+    d = LoadtestConfig()
+    lt = sub.add_parser(
+        "loadtest",
+        help="embedded stack + consumer process: throughput, latency, efficiency vs bare encoder",
+    )
+    lt.add_argument("-n", "--images", type=int, default=d.images, help=DEFAULTS_NOTE)
+    lt.add_argument("--model", default=d.model, help=f"CLIP model spec {DEFAULTS_NOTE}")
+    lt.add_argument("--batch", type=int, default=d.batch, help=f"max_records {DEFAULTS_NOTE}")
+    lt.add_argument("--device", default=d.device, help=DEFAULTS_NOTE)
+    lt.add_argument("--rate", type=float, help="saturation phase events/s (default: all at once)")
+    lt.add_argument("--latency-seconds", type=float, default=d.latency_seconds,
+                    help=f"paced phase length, 0 = none {DEFAULTS_NOTE}")  # fmt: skip
+    lt.add_argument("--latency-rate", type=float, help="default: half the steady throughput")
+    lt.add_argument("--bare-batches", type=int, default=d.bare_batches, help=DEFAULTS_NOTE)
+    lt.add_argument("--legacy-iterations", type=int, default=d.legacy_iterations,
+                    help=f"legacy loop without sleep, 0 = none {DEFAULTS_NOTE}")  # fmt: skip
+    lt.add_argument("--legacy-sleep-iterations", type=int, default=d.legacy_sleep_iterations,
+                    help=DEFAULTS_NOTE)  # fmt: skip
+    lt.add_argument("--legacy-sleep", type=float, default=d.legacy_sleep_s, help=DEFAULTS_NOTE)
+    lt.add_argument("--milvus", default=d.milvus, help=f"lite | server | URI {DEFAULTS_NOTE}")
+    lt.add_argument("--partitions", type=int, default=d.partitions, help=DEFAULTS_NOTE)
+    lt.add_argument("--out", type=Path, default=d.out, help=DEFAULTS_NOTE)
+    lt.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per phase")
+    lt.add_argument("--model-cache-dir", type=Path, help="default: IMAGESTREAM_MODEL_CACHE_DIR")
+    lt.set_defaults(handler=loadtest_command)
+    bench = sub.add_parser("bench", help="component benchmarks").add_subparsers(
+        dest="bench", required=True
+    )
+    milvus = bench.add_parser("milvus", help="upsert + batched search: milvus-lite vs server")
+    milvus.add_argument("--backends", nargs="+", default=["lite", "server"])
+    milvus.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000])
+    milvus.add_argument("--indexes", nargs="+", default=["HNSW"], help="server index types")
+    milvus.add_argument("--dim", type=int, default=512)
+    milvus.add_argument("--out", type=Path, default=Path(".imagestream") / "bench-milvus.json")
+    milvus.set_defaults(handler=milvus_command)
+
+
+def loadtest_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from loadtest.config import LoadtestConfig
+    from loadtest.report import print_summary
+    from loadtest.run import loadtest
+
+    config = LoadtestConfig(
+        images=args.images, model=args.model, batch=args.batch, device=args.device,
+        rate=args.rate, latency_seconds=args.latency_seconds, latency_rate=args.latency_rate,
+        bare_batches=args.bare_batches, legacy_iterations=args.legacy_iterations,
+        legacy_sleep_iterations=args.legacy_sleep_iterations, legacy_sleep_s=args.legacy_sleep,
+        milvus=args.milvus, partitions=args.partitions, out=args.out, timeout_s=args.timeout,
+        model_cache_dir=args.model_cache_dir,
+    )  # fmt: skip
+    console = Console()
+    report = asyncio.run(loadtest(config, console))
+    print_summary(report, console)
+    saturation = report["phases"]["saturation"]
+    efficiency = report["verdicts"]["efficiency"]
+    # The last line, for scripts: `make bench | tail -1`.
+    print(f"efficiency={efficiency:.3f}" if efficiency is not None else "efficiency=nan")
+    return 0 if efficiency is not None and not saturation["missing"] else 1
+
+
+def milvus_command(args: argparse.Namespace) -> int:
+    from loadtest.milvus_bench import milvus_command
+
+    return milvus_command(args)

@@ -1,0 +1,120 @@
+"""The system under test as its own process: ``imagestream consume`` with a given env.
+
+A separate interpreter, so the load generator's publishing and result parsing never
+hold the consumer's GIL. Readiness is the consumer's own ``/readyz`` (models loaded,
+broker started) on a metrics port picked here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Self
+
+from consumers.stack import HOST, _die_with_parent, _terminate, free_port
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class ConsumerProcess:
+    def __init__(
+        self, env: Mapping[str, str], log_path: Path, tasks: Sequence[str] = ("clip",)
+    ) -> None:
+        self.metrics_port = free_port()
+        self.env = {**os.environ, **env, "IMAGESTREAM_METRICS__PORT": str(self.metrics_port)}
+        self.log_path = log_path
+        self.tasks = list(tasks)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    async def start(self, timeout_s: float = 300.0) -> Self:
+        command = [sys.executable, "-m", "consumers.cli", "consume", "--tasks", *self.tasks]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(  # noqa: ASYNC220 (the death signal follows this thread)
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
+                start_new_session=True, preexec_fn=_die_with_parent(),  # noqa: PLW1509
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while not await asyncio.to_thread(self._ready):
+            if self.process.poll() is not None:
+                raise RuntimeError(self._why(f"exited with status {self.process.returncode}"))
+            if time.monotonic() > deadline:
+                await self.stop()
+                raise RuntimeError(self._why(f"not ready after {timeout_s:.0f} s"))
+            await asyncio.sleep(0.25)
+        return self
+
+    def _ready(self) -> bool:
+        url = f"http://{HOST}:{self.metrics_port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def _why(self, what: str) -> str:
+        tail = self.log_path.read_text(errors="replace").splitlines()[-20:]
+        return f"consumer {what}; {self.log_path} ends:\n" + "\n".join(tail)
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM (drains the in-flight batch), SIGKILL after ``timeout_s``."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            await asyncio.to_thread(_terminate, process, timeout_s)
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU of a process and its live descendants (Linux /proc; else None).
+
+    milvus-lite, for one, runs as a child of the consumer.
+    """
+    if pid is None or not Path("/proc/self/stat").exists():
+        return None
+    stats = _proc_stats()
+    if pid not in stats:
+        return None
+    family, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, (ppid, _) in stats.items() if ppid == parent and p not in family]
+        family.update(children)
+        frontier.extend(children)
+    return sum(stats[p][1] for p in family) / _CLOCK_TICKS
+
+
+def _proc_stats() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, user + system ticks)."""
+    stats: dict[int, tuple[int, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name (field 2) may hold spaces and parentheses: split after it.
+        fields = text[text.rindex(")") + 2 :].split()
+        stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return stats
+
+
+def self_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system

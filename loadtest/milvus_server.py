@@ -1,0 +1,67 @@
+"""A real Milvus standalone server from the PyPI package ``milvus`` (``pip install milvus``).
+
+Its data, logs and unpacked binaries go to a folder of ours (a temporary one by default)
+instead of ``~/.milvus.io``, so every run starts empty. Components advertise 127.0.0.1
+to each other. Milvus 2.3's gRPC servers have no bind-address setting and listen on
+every interface (etcd alone binds loopback); use it on a machine without untrusted
+neighbours, as these benchmarks do. Start-up takes 10-20 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from consumers.stack import HOST
+
+COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
+
+
+class MilvusUnavailable(RuntimeError):
+    """The ``milvus`` package is missing or its server did not start."""
+
+
+def _server_class() -> Any:
+    try:
+        from milvus import MilvusServer  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise MilvusUnavailable(
+            "the Milvus server benchmark needs the `milvus` package: "
+            "pip install 'imagestream[bench]' (or pip install milvus)"
+        ) from exc
+    return MilvusServer
+
+
+@contextlib.contextmanager
+def milvus_server(base_dir: Path | None = None) -> Iterator[str]:
+    """Start a standalone server, yield its ``http://127.0.0.1:<port>`` URI, stop it."""
+    owned = base_dir is None
+    folder = base_dir or Path(tempfile.mkdtemp(prefix="imagestream-milvus-"))
+    server = _server_class()()
+    server.set_base_dir(str(folder))
+    for component in COMPONENTS:
+        server.config.set(f"{component}.ip", HOST)
+    try:
+        try:
+            server.start()  # returns once /healthz answers
+        except (TimeoutError, RuntimeError) as exc:
+            tail = _log_tail(folder)
+            raise MilvusUnavailable(f"Milvus server did not start: {exc}\n{tail}") from exc
+        yield f"http://{HOST}:{server.listen_port}"
+    finally:
+        server.stop()
+        if owned:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _log_tail(folder: Path, lines: int = 20) -> str:
+    """The folder is removed on the way out: quote its log in the error instead."""
+    log = folder / "logs" / "milvus-stderr.log"
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {log})"

@@ -1,0 +1,86 @@
+"""PNG plots of a load test: throughput and latency over time, latency histograms.
+
+matplotlib with the Agg backend (no display needed); small figures at a low dpi keep
+each file well under 200 KB so they can be committed with the docs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadtest.generator import Phase
+
+DPI = 80
+COLOURS = {"saturation": "tab:blue", "latency": "tab:orange", "warmup": "tab:grey"}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _bin_s(span_s: float) -> float:
+    """About 60 bins over the run, at least one second each."""
+    return max(1.0, round(span_s / 60))
+
+
+def throughput_and_latency(phases: Sequence[Phase], t0: float, path: Path) -> Path:
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    span = max((p.finished for p in phases), default=t0 + 1) - t0
+    width = _bin_s(span)
+    for phase in phases:
+        done = np.array([s.completed - t0 for s in phase.samples])
+        if done.size == 0:
+            continue
+        colour = COLOURS.get(phase.name)
+        edges = np.arange(done.min() // width * width, done.max() + width, width)
+        counts, _ = np.histogram(done, bins=edges)
+        top.stairs(counts / width, edges, color=colour, label=phase.name)
+        e2e = np.array([s.e2e_ms for s in phase.samples]) / 1000
+        bottom.scatter(done, e2e, s=4, color=colour, label=phase.name)
+    top.set_ylabel("results / s")
+    top.set_title(f"throughput ({width:.0f} s bins) and end-to-end latency")
+    top.legend(loc="upper right", fontsize="small")
+    bottom.set_ylabel("e2e latency (s)")
+    bottom.set_xlabel("seconds since the first phase started")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def latency_histograms(phases: Sequence[Phase], path: Path) -> Path:
+    plt = _pyplot()
+    shown = [p for p in phases if p.samples]
+    fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(4 * max(1, len(shown)), 3.2))
+    for ax, phase in zip(np.atleast_1d(axes), shown, strict=False):
+        e2e = np.array([s.e2e_ms for s in phase.samples])
+        ax.hist(e2e, bins=40, color=COLOURS.get(phase.name))
+        p99 = float(np.percentile(e2e, 99))
+        ax.axvline(p99, color="black", linestyle="--", linewidth=1, label=f"p99 {p99:.0f} ms")
+        rate = f"{phase.rate:.1f}/s" if phase.rate else "all at once"
+        ax.set_title(f"{phase.name} ({rate})", fontsize="medium")
+        ax.set_xlabel("e2e latency (ms)")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def write_plots(phases: Sequence[Phase], out: Path) -> list[Path]:
+    measured = [p for p in phases if p.name != "warmup"]
+    t0 = min((p.started for p in measured), default=0.0)
+    return [
+        throughput_and_latency(measured, t0, out / "throughput_latency.png"),
+        latency_histograms(measured, out / "latency_histogram.png"),
+    ]

@@ -1,0 +1,143 @@
+"""Figures from collected results: percentiles, steady-state throughput, stage breakdown.
+
+All times are wall-clock seconds since the epoch. ``submitted`` is stamped by the load
+generator, ``completed`` by the consumer; both run on one machine, so one clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from schemas.events import TaskResult
+
+STAGES = ("fetch", "decode", "encode", "index", "search", "total")
+# Results of one micro-batch share the batch's start to within microseconds; batches
+# start at least one model call apart.
+BATCH_GAP_S = 0.005
+
+
+@dataclass(frozen=True)
+class Sample:
+    image_id: str
+    ok: bool
+    code: str
+    submitted: float
+    completed: float
+    received: float
+    timings: dict[str, float]
+
+    @property
+    def e2e_ms(self) -> float:
+        return (self.completed - self.submitted) * 1000
+
+    @property
+    def batch_start(self) -> float:
+        """When the consumer took this result's batch: ``timings.total`` runs from there."""
+        return self.completed - self.timings.get("total", 0.0) / 1000
+
+
+def sample(result: TaskResult, received: float) -> Sample:
+    submitted = result.submitted_at.timestamp() if result.submitted_at else float("nan")
+    return Sample(
+        image_id=result.image_id,
+        ok=result.status.value == "ok",
+        code=result.error.code.value if result.error else "",
+        submitted=submitted,
+        completed=result.completed_at.timestamp(),
+        received=received,
+        timings=result.timings.model_dump(),
+    )
+
+
+def percentiles(values: Iterable[float]) -> dict[str, float]:
+    data = np.asarray(list(values), dtype=np.float64)
+    if data.size == 0:
+        return {}
+    p50, p95, p99 = np.percentile(data, [50, 95, 99])
+    return {
+        "mean": float(data.mean()),
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+        "max": float(data.max()),
+        "count": int(data.size),
+    }
+
+
+def batches(samples: Sequence[Sample], gap_s: float = BATCH_GAP_S) -> list[list[Sample]]:
+    """Results grouped by the micro-batch they came from, in batch order."""
+    ordered = sorted(samples, key=lambda s: s.batch_start)
+    groups: list[list[Sample]] = []
+    for item in ordered:
+        if groups and item.batch_start - groups[-1][-1].batch_start <= gap_s:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def steady_throughput(samples: Sequence[Sample]) -> dict[str, Any] | None:
+    """Images/s from the completion of the first micro-batch to the last result.
+
+    Excludes pipeline fill (group join, first fetch, first model call): the results of
+    the first batch are not counted and the window starts when that batch completed.
+    """
+    groups = batches(samples)
+    if len(groups) < 2:
+        return None
+    start = max(s.completed for s in groups[0])
+    counted = [s for s in samples if s.completed > start]
+    window = max(s.completed for s in samples) - start
+    if not counted or window <= 0:
+        return None
+    return {
+        "images_per_s": len(counted) / window,
+        "window_s": window,
+        "counted": len(counted),
+        "excluded_first_batch": len(groups[0]),
+        "method": "results completed after the first micro-batch / (last completion - "
+        "first batch completion)",
+    }
+
+
+def overall_throughput(samples: Sequence[Sample]) -> float | None:
+    """Images/s from the first submission to the last completion (fill included)."""
+    if not samples:
+        return None
+    window = max(s.completed for s in samples) - min(s.submitted for s in samples)
+    return len(samples) / window if window > 0 else None
+
+
+def stage_breakdown(samples: Sequence[Sample]) -> dict[str, dict[str, float]]:
+    """Per-item ms per stage (a batched stage counts fully for every item of its batch),
+    plus ``queue``: submitted until the batch started (e2e minus the consumer's total)."""
+    table = {stage: percentiles(s.timings.get(stage, 0.0) for s in samples) for stage in STAGES}
+    table["queue"] = percentiles(s.e2e_ms - s.timings.get("total", 0.0) for s in samples)
+    return table
+
+
+def batch_sizes(samples: Sequence[Sample]) -> dict[str, float]:
+    return percentiles(len(group) for group in batches(samples))
+
+
+def errors(samples: Sequence[Sample]) -> dict[str, int]:
+    return dict(Counter(s.code for s in samples if not s.ok))
+
+
+def summary(samples: Sequence[Sample], expected: int) -> dict[str, Any]:
+    return {
+        "results": len(samples),
+        "expected": expected,
+        "missing": expected - len(samples),
+        "errors": errors(samples),
+        "steady_state": steady_throughput(samples),
+        "overall_images_per_s": overall_throughput(samples),
+        "e2e_ms": percentiles(s.e2e_ms for s in samples),
+        "stages_ms": stage_breakdown(samples),
+        "batch_size": batch_sizes(samples),
+    }

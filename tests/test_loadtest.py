@@ -1,0 +1,95 @@
+"""The load-test tooling: synthetic images, its statistics, and one tiny run end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from consumers.cli import _parser
+from loadtest.cli import loadtest_command
+from loadtest.config import LoadtestConfig
+from loadtest.run import loadtest
+from loadtest.stats import Sample, batches, steady_throughput
+from loadtest.synth import photo_jpeg
+
+
+def test_synthetic_jpegs_are_distinct_photo_sized_640x480() -> None:
+    images = [photo_jpeg(seed) for seed in range(4)]
+    assert len(set(images)) == 4
+    assert all(40_000 <= len(data) <= 130_000 for data in images), [len(d) for d in images]
+    assert Image.open(io.BytesIO(images[0])).size == (640, 480)
+    assert photo_jpeg(3) == images[3]  # reproducible per seed
+
+
+def _sample(i: int, batch_start: float, service_s: float) -> Sample:
+    done = batch_start + service_s
+    return Sample(f"i{i}", True, "", 0.0, done, done, {"total": service_s * 1000})
+
+
+def test_steady_state_starts_when_the_first_batch_completes() -> None:
+    # Three batches of four, starting 1 s apart, each done 0.5 s after its start.
+    samples = [_sample(4 * b + i, float(b), 0.5) for b in range(3) for i in range(4)]
+    assert [len(group) for group in batches(samples)] == [4, 4, 4]
+    steady = steady_throughput(samples)
+    assert steady is not None
+    assert steady["excluded_first_batch"] == 4
+    assert steady["counted"] == 8
+    assert steady["window_s"] == pytest.approx(2.0)
+    assert steady["images_per_s"] == pytest.approx(4.0)
+    assert steady_throughput(samples[:4]) is None  # one batch: no steady state
+
+
+def test_the_cli_routes_loadtest_to_its_handler() -> None:
+    args = _parser().parse_args(["loadtest", "-n", "5", "--model", "random:tiny"])
+    assert args.handler is loadtest_command
+    assert (args.images, args.model, args.batch, args.milvus) == (5, "random:tiny", 32, "lite")
+
+
+@pytest.mark.integration
+async def test_a_tiny_load_test_measures_every_figure(tmp_path: Path) -> None:
+    config = LoadtestConfig(
+        images=24, model="random:tiny", batch=8, device="cpu", latency_seconds=2.0,
+        bare_batches=2, legacy_iterations=2, legacy_sleep_iterations=1, legacy_sleep_s=0.2,
+        out=tmp_path / "out", timeout_s=120.0, model_cache_dir=tmp_path / "models",
+    )  # fmt: skip
+    report = await loadtest(config, Console(file=io.StringIO()))
+
+    saturation, latency = report["phases"]["saturation"], report["phases"]["latency"]
+    assert (saturation["results"], saturation["missing"], saturation["errors"]) == (24, 0, {})
+    steady = saturation["steady_state"]
+    assert steady["counted"] == 24 - steady["excluded_first_batch"] > 0
+    assert saturation["stages_ms"]["encode"]["p50"] > 0
+    assert saturation["stages_ms"]["fetch"]["p50"] > 0
+    assert saturation["batch_size"]["max"] <= 8
+    assert latency["rate"] == pytest.approx(steady["images_per_s"] / 2)
+    assert latency["missing"] == 0
+    assert latency["e2e_ms"]["p99"] > 0
+
+    verdicts, bare = report["verdicts"], report["bare"]
+    assert (bare["model"], bare["batch"]) == ("random:tiny", 8)
+    assert verdicts["efficiency"] == pytest.approx(steady["images_per_s"] / bare["images_per_s"])
+    assert verdicts["latency"]["limit_ms"] == pytest.approx(3 * bare["service_ms"])
+
+    legacy = report["legacy"]
+    assert legacy["callbacks"] == 1 + 2 + 1  # warm-up, no sleep, with sleep: every job answered
+    with_sleep = legacy["with_sleep"]
+    assert with_sleep["images_per_s"] < legacy["no_sleep"]["images_per_s"]
+    assert with_sleep["images_per_s"] == pytest.approx(with_sleep["formula_images_per_s"], rel=0.1)
+
+    _check_files(report["files"], verdicts, rows=24 + latency["results"])
+
+
+def _check_files(files: dict[str, Any], verdicts: dict[str, Any], rows: int) -> None:
+    saved = json.loads(Path(files["report"]).read_text())
+    assert saved["verdicts"] == json.loads(json.dumps(verdicts))
+    assert len(Path(files["samples"]).read_text().splitlines()) == 1 + rows
+    for plot in map(Path, files["plots"]):
+        data = plot.read_bytes()
+        assert data.startswith(b"\x89PNG")
+        assert len(data) < 200_000
