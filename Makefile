@@ -18,6 +18,12 @@ $(STAMP): pyproject.toml
 	@command -v kcat >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& (apt-get install -y -qq kcat >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 \
 		&& apt-get install -y -qq kcat >/dev/null 2>&1)) || echo "kcat not installed: its test will skip"; }
+	@# Debian's chromium + chromedriver: the demo page's browser test drives them.
+	@command -v chromedriver >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+		|| (apt-get update -qq >/dev/null 2>&1 \
+		&& apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1)) \
+		|| echo "chromium not installed: the demo page test will fail"; }
 	@install -m 755 infra/bin/kcat $(BIN)/kcat
 	@touch $@
 

@@ -7,6 +7,7 @@ what a person needs, and returns the exit status.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,13 @@ def add_commands(sub: Any) -> None:
     train.set_defaults(handler=lambda args: classifier_train(Settings(), args))
     listing = actions.add_parser("list", help="the heads in IMAGESTREAM_CLASSIFY__HEADS_DIR")
     listing.set_defaults(handler=lambda args: classifier_list(Settings(), args))
+    search = sub.add_parser("search", help="text-to-image search over the CLIP collection")
+    search.add_argument("text", help="what to look for, e.g. 'a hedgehog'")
+    search.add_argument("--top-k", type=int, default=5)
+    search.add_argument("--tenant", help="search this collection (tenant) only")
+    search.add_argument("--image-ids", nargs="+", help="rank only these images")
+    search.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+    search.set_defaults(handler=lambda args: search_command(Settings(), args))
 
 
 def classifier_train(settings: Settings, args: argparse.Namespace) -> int:
@@ -52,4 +60,35 @@ def classifier_list(settings: Settings, args: argparse.Namespace) -> int:
     for head in list_heads(settings.classify.heads_dir):
         accuracy = "n/a" if head.accuracy is None else f"{head.accuracy:.3f}"
         print(f"{head.name:<20} {head.method:<7} accuracy {accuracy:<6} {', '.join(head.classes)}")
+    return 0
+
+
+def search_command(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.search import search_text
+
+    result = asyncio.run(
+        search_text(
+            settings,
+            args.text,
+            top_k=args.top_k,
+            tenant=args.tenant,
+            image_ids=args.image_ids,
+            timeout_s=args.timeout,
+        )
+    )
+    if result is None:
+        print(f"imagestream search: no result within {args.timeout:.0f}s", file=sys.stderr)
+        return 1
+    if result.error is not None:
+        print(
+            f"imagestream search: {result.error.code.value}: {result.error.message}",
+            file=sys.stderr,
+        )
+        return 1
+    if result.truncated:
+        print("(the text was cut to the model's token limit)")
+    for rank, hit in enumerate(result.neighbors, 1):
+        print(f"{rank:>3}  {hit.score:.3f}  {hit.id}")
+    if not result.neighbors:
+        print("(no images)")
     return 0

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import BaseModel
 
 from consumers.kafka import client_kwargs
 from consumers.s3 import S3Store
@@ -98,15 +99,20 @@ async def upload_all(s3: S3Store, bucket: str, uploads: Sequence[Upload]) -> lis
 
 
 async def publish_events(settings: Settings, events: Sequence[ImageSubmitted]) -> None:
+    topic = Topics(settings.kafka.topic_prefix).images
+    await publish(settings, topic, [(e.image_id, e) for e in events])
+
+
+async def publish(settings: Settings, topic: str, keyed: Sequence[tuple[str, BaseModel]]) -> None:
+    """Publish (key, event) pairs and return once Kafka acknowledged every one."""
     producer = AIOKafkaProducer(
         **client_kwargs(settings.kafka),
         acks="all",
         enable_idempotence=settings.kafka.enable_idempotence,
     )
-    topic = Topics(settings.kafka.topic_prefix).images
     await producer.start()
     try:
-        sends = [await producer.send(topic, dump(e), key=e.image_id.encode()) for e in events]
+        sends = [await producer.send(topic, dump(e), key=key.encode()) for key, e in keyed]
         await asyncio.gather(*sends)
     finally:
         await producer.stop()

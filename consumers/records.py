@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from consumers.errors import ItemError
 from schemas.events import SCHEMA_VERSION, ErrorCode, ImageSubmitted
+
+E = TypeVar("E", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +45,8 @@ def _salvage(record: Record, doc: Any) -> tuple[str, str]:
     key = record.key.decode("utf-8", "replace") if record.key else ""
     if not isinstance(doc, dict):
         return record.position, key
-    event_id, image_id = doc.get("event_id"), doc.get("image_id")
+    # A TextQuery's result carries its query id where an image's carries the image id.
+    event_id, image_id = doc.get("event_id"), doc.get("image_id", doc.get("query_id"))
     return (
         event_id if isinstance(event_id, str) and event_id else record.position,
         image_id if isinstance(image_id, str) and image_id else key,
@@ -59,6 +62,11 @@ def _describe(exc: ValidationError) -> str:
 
 
 def parse_image_event(record: Record) -> ImageSubmitted | BadEvent:
+    return parse_event(record, ImageSubmitted)
+
+
+def parse_event(record: Record, model: type[E]) -> E | BadEvent:
+    """The record as ``model`` (ImageSubmitted, TextQuery), or why it is not one."""
     try:
         doc = json.loads(record.value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -69,7 +77,7 @@ def parse_image_event(record: Record) -> ImageSubmitted | BadEvent:
         message = f"schema_version {doc.get('schema_version')!r} is not supported (expected 1)"
         return BadEvent(event_id, image_id, ItemError(ErrorCode.UNSUPPORTED_SCHEMA, message))
     try:
-        return ImageSubmitted.model_validate(doc)
+        return model.model_validate(doc)
     except ValidationError as exc:
-        error = ItemError(ErrorCode.INVALID_EVENT, f"invalid ImageSubmitted: {_describe(exc)}")
+        error = ItemError(ErrorCode.INVALID_EVENT, f"invalid {model.__name__}: {_describe(exc)}")
         return BadEvent(event_id, image_id, error)

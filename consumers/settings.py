@@ -154,6 +154,19 @@ class ClassifySettings(ClipHeadSettings):
     )
 
 
+class SearchSettings(BaseModel):
+    """Text-to-image search: ``TextQuery`` on queries.v1, answered from the CLIP collection.
+
+    It runs wherever the clip task runs, with the clip task's model and collection (the
+    text must be embedded by the model that embedded the images).
+    """
+
+    enabled: bool = Field(default=True, description="Serve queries beside the clip task.")
+    group_id: str | None = Field(default=None, description="Default: imagestream-search.")
+    max_records: int = Field(default=32, ge=1, description="Largest micro-batch of queries.")
+    batch_timeout_ms: int = Field(default=50, ge=1)
+
+
 class MetricsSettings(BaseModel):
     port: int = Field(default=9464, description="/metrics, /healthz, /readyz; 0 = off.")
     host: str = "127.0.0.1"
@@ -177,6 +190,7 @@ class Settings(BaseSettings):
     caption: CaptionSettings = Field(default_factory=CaptionSettings)
     labels: LabelsSettings = Field(default_factory=LabelsSettings)
     classify: ClassifySettings = Field(default_factory=ClassifySettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
     model_cache_dir: Path = Field(
         default=Path.home() / ".cache" / "imagestream" / "models",
         description="Where random:<preset> models are built and saved.",

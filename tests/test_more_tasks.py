@@ -6,16 +6,21 @@ dinov2, caption, labels and classify beside clip, plus text search on ``queries.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
+from pydantic import BaseModel, ConfigDict
 
 from consumers import commands, heads
 from consumers.cli import _parser
-from consumers.ingest import result_reader, wait_for_results
+from consumers.ingest import publish, result_reader, wait_for_results
+from consumers.labels import shared_label_sets
 from consumers.launcher import running_consumers
 from consumers.s3 import S3Store
+from consumers.search import search_text
 from consumers.service import ConsumerService
 from consumers.settings import (
     CaptionSettings,
@@ -23,18 +28,30 @@ from consumers.settings import (
     ClipSettings,
     Dinov2Settings,
     KafkaSettings,
+    LabelsSettings,
     MetricsSettings,
     MilvusSettings,
     S3Settings,
     Settings,
 )
 from consumers.stack import Broker, create_topics
-from schemas.events import ImageSubmitted, Status, TaskResult
+from schemas.events import ErrorCode, ImageSubmitted, Status, TaskResult
 from schemas.topics import Topics
 from tests.helpers import event, produce_events, sample_jpeg
 
 pytestmark = pytest.mark.integration
-TASKS = ["clip", "dinov2", "caption", "classify"]
+
+
+class _Raw(BaseModel):
+    """A query as a producer might send it, unvalidated (publish() dumps models)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def __init__(self, doc: dict[str, str]) -> None:
+        super().__init__(**doc)
+
+
+TASKS = ["clip", "dinov2", "caption", "labels", "classify"]
 SAMPLES = ("astronaut", "coffee", "camera", "chelsea")
 
 
@@ -60,6 +77,7 @@ async def settings(
         clip=ClipSettings(**tiny),
         dinov2=Dinov2Settings(enabled=True, **tiny),
         caption=CaptionSettings(enabled=True, max_new_tokens=6, min_size=16, **tiny),
+        labels=LabelsSettings(enabled=True),  # model, device: the clip section's
         classify=ClassifySettings(enabled=True, heads_dir=root / "heads"),
         model_cache_dir=root / "models",
     )
@@ -142,6 +160,32 @@ async def test_an_image_gets_a_caption_stored_by_its_id_with_timings(
         assert len(row["vector"]) == 32
 
 
+async def test_labels_are_the_top_k_of_the_shared_label_set(
+    settings: Settings, service: ConsumerService
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    (result,) = (await _submit(settings, {f"{run}-a": "coffee"}, ["labels"])).values()
+
+    assert result.status is Status.OK, result.error
+    assert (result.task, result.model) == ("labels", "random:tiny")
+    assert result.labels is not None
+    assert len(result.labels) == settings.zero_shot.top_k
+    wearable = settings.zero_shot.label_sets["wearable"]
+    assert {label.label for label in result.labels} <= set(wearable)
+    scores = [label.score for label in result.labels]
+    assert scores == sorted(scores, reverse=True)
+    assert 0 < sum(scores) <= 1.0001  # zero-shot probabilities over the whole set
+    assert result.timings.encode > 0
+    # The labels task shares CLIP with the clip task, and its label vectors with anyone
+    # asking for the same model's sets (the gateway's /v1/labels does, through rpc.py).
+    labels_encoder = service.pipelines["labels"].task.encoder
+    clip_encoder = service.pipelines["clip"].task.encoder
+    assert labels_encoder.bundle.model is clip_encoder.bundle.model  # type: ignore[attr-defined]
+    shared = shared_label_sets(settings.zero_shot, clip_encoder)
+    assert shared is shared_label_sets(settings.zero_shot, labels_encoder)
+    assert shared.get().labels == wearable
+
+
 def _variants(sample: str) -> list[bytes]:
     """Four photos of one scene: the original, mirrored, cropped and darkened."""
     import io
@@ -166,13 +210,8 @@ def _variants(sample: str) -> list[bytes]:
     return out
 
 
-async def test_a_trained_head_classifies_a_held_out_duplicate(
-    settings: Settings,
-    service: ConsumerService,
-    tmp_path_factory: pytest.TempPathFactory,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    run = uuid.uuid4().hex[:6]
+async def _ingest_labelled(settings: Settings, run: str) -> dict[str, str]:
+    """Four photos each of a cat and a cup through the clip task; image id -> label."""
     objects = {
         f"{run}-{sample}-{i}": (label, data)
         for sample, label in (("chelsea", "cat"), ("coffee", "cup"))
@@ -184,8 +223,20 @@ async def test_a_trained_head_classifies_a_held_out_duplicate(
     uri = f"s3://{settings.s3.bucket}/{run}"
     labelled = [event(i, f"{uri}/{i}.jpg", tasks=["clip"], top_k=0) for i in objects]
     await _deliver(settings, labelled, ["clip"])
+    return {image_id: label for image_id, (label, _) in objects.items()}
+
+
+async def test_a_trained_head_classifies_a_held_out_duplicate(
+    settings: Settings,
+    service: ConsumerService,
+    tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    uri = f"s3://{settings.s3.bucket}/{run}"
+    labels = await _ingest_labelled(settings, run)
     csv = tmp_path_factory.mktemp("labels") / "labels.csv"
-    csv.write_text("image_id,label\n" + "".join(f"{i},{lab}\n" for i, (lab, _) in objects.items()))
+    csv.write_text("image_id,label\n" + "".join(f"{i},{lab}\n" for i, lab in labels.items()))
 
     args = _parser().parse_args(["classifier", "train", "kind", "--labels", str(csv)])
     assert commands.classifier_train(settings, args) == 0
@@ -213,3 +264,57 @@ async def test_a_trained_head_classifies_a_held_out_duplicate(
         assert prediction.label == result.image_id.rsplit("-", 1)[1]
         assert prediction.class_id == ["cat", "cup"].index(prediction.label)
         assert 0.5 < prediction.proba <= 1.0
+
+
+async def test_a_text_query_returns_ranked_image_ids(
+    settings: Settings, service: ConsumerService, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    tenant = f"s{run}"
+    images = {f"{run}-{s}": s for s in SAMPLES}
+    await _submit(settings, images, ["clip"], collection=tenant, top_k=0)
+
+    found = await search_text(settings, "a cat on a sofa", top_k=3, tenant=tenant)
+    assert found is not None
+    assert found.status is Status.OK, found.error
+    assert (found.task, found.model, found.dim) == ("search", "random:tiny", 32)
+    assert found.image_id.startswith("q-")  # the query id
+    assert found.truncated is False
+    assert len(found.neighbors) == 3
+    assert {n.id for n in found.neighbors} <= set(images)
+    scores = [n.score for n in found.neighbors]
+    assert scores == sorted(scores, reverse=True)
+    assert min(found.timings.encode, found.timings.search) > 0
+    ok = {"task": "search", "status": "ok", "code": ""}
+    assert (REGISTRY.get_sample_value("imagestream_results_total", ok) or 0) >= 1
+
+    only = [f"{run}-coffee", f"{run}-camera"]
+    long_text = " ".join(["a very long description of a photo"] * 20)  # > 32 tokens
+    restricted = await search_text(settings, long_text, top_k=5, tenant=tenant, image_ids=only)
+    assert restricted is not None
+    assert restricted.truncated is True
+    assert sorted(n.id for n in restricted.neighbors) == sorted(only)
+
+
+async def test_search_from_the_cli_and_a_bad_query(
+    settings: Settings, service: ConsumerService, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    tenant = f"c{run}"
+    images = {f"{run}-{s}": s for s in SAMPLES[:2]}
+    await _submit(settings, images, ["clip"], collection=tenant, top_k=0)
+    # The CLI prints the ranking; a bad query gets a typed error result, keyed by its id.
+    args = _parser().parse_args(["search", "a cup", "--tenant", tenant, "--top-k", "2"])
+    assert await asyncio.to_thread(commands.search_command, settings, args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["1", "2"]
+    assert all(line.split()[2] in images for line in lines)
+    bad = {"event_id": f"bad-{run}", "query_id": f"q-bad-{run}", "text": "  "}
+    async with result_reader(settings) as reader:
+        queries = Topics(settings.kafka.topic_prefix).queries
+        await publish(settings, queries, [(bad["query_id"], _Raw(bad))])
+        (error,) = await wait_for_results(reader, {bad["event_id"]: {"search"}}, 60, print)
+    assert error.status is Status.ERROR
+    assert error.error is not None
+    assert (error.error.code, error.image_id) == (ErrorCode.INVALID_EVENT, bad["query_id"])
+    assert "text" in error.error.message
