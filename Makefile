@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[embedded,dev,bench]"
+	# No deps: deepface's own list pulls TensorFlow (retina-face) and onnxruntime; the
+	# PyTorch path needs only what pyproject lists.
+	$(BIN)/pip install -q --no-deps deepface==0.0.103
 	@command -v kcat >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& (apt-get install -y -qq kcat >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 \
 		&& apt-get install -y -qq kcat >/dev/null 2>&1)) || echo "kcat not installed: its test will skip"; }

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from schemas.events import TaskResult
+from schemas.events import Neighbor, TaskResult
 
 
 def format_result(result: TaskResult) -> str:
     head = f"{result.image_id:<18} {result.task:<7} {result.status.value:<5}"
     if result.error is not None:
         return f"{head} {result.error.code.value}: {result.error.message}"
-    near = ", ".join(f"{n.id} {n.score:.3f}" for n in result.neighbors) or "(none yet)"
-    return f"{head} model={result.model} total={result.timings.total:.0f}ms  neighbours: {near}"
+    done = f"{head} model={result.model} total={result.timings.total:.0f}ms"
+    if result.faces is not None:
+        faces = "; ".join(f"{f.face_id} -> {_near(f.neighbors)}" for f in result.faces)
+        return f"{done}  faces: {faces or '(no face)'}"
+    return f"{done}  neighbours: {_near(result.neighbors)}"
+
+
+def _near(neighbors: list[Neighbor]) -> str:
+    return ", ".join(f"{n.id} {n.score:.3f}" for n in neighbors) or "(none yet)"
 
 
 def print_result(result: TaskResult) -> None:

@@ -26,7 +26,11 @@ from schemas.topics import Topics
 log = logging.getLogger("imagestream")
 # Without internet the configured hub model cannot load; the embedded stack then runs
 # on random weights of the same architecture rather than not at all (said in one line).
-DEV_FALLBACKS = {"clip": "random:vit-b-32", "dinov2": "random:small"}
+# Faces likewise when the DeepFace weight file is missing (`consume` stops instead).
+DEV_FALLBACKS = {"clip": "random:vit-b-32", "dinov2": "random:small", "face": "random:GhostFaceNet"}
+# Off by default (a production consumer needs real weights only where faces are wanted),
+# on in the embedded stack.
+DEV_TASKS = ("face",)
 # Tansu answers a group join after half the session timeout; 6 s keeps start-up quick.
 DEV_KAFKA = {"SESSION_TIMEOUT_MS": "6000", "HEARTBEAT_INTERVAL_MS": "1000"}
 
@@ -82,6 +86,8 @@ def _dev_environment(stack_env: dict[str, str], milvus_uri: str) -> Settings:
         os.environ.setdefault(f"IMAGESTREAM_KAFKA__{name}", value)
     for task, spec in DEV_FALLBACKS.items():
         os.environ.setdefault(f"IMAGESTREAM_{task.upper()}__FALLBACK_MODEL", spec)
+    for task in DEV_TASKS:  # an explicit IMAGESTREAM_<TASK>__ENABLED still wins
+        os.environ.setdefault(f"IMAGESTREAM_{task.upper()}__ENABLED", "true")
     return Settings()
 
 

@@ -92,6 +92,38 @@ class ClipSettings(TaskSettings):
     collection: str = "clip_images"
 
 
+class FaceSettings(TaskSettings):
+    """Every face of every image: DeepFace detection, then one batched recognition call."""
+
+    enabled: bool = Field(
+        default=False, description="Off unless enabled (`imagestream up` and `make run` enable it)."
+    )
+    model: str = Field(
+        default="GhostFaceNet",
+        description="A DeepFace recognition model (GhostFaceNet, ArcFace, Facenet512, ...), "
+        "or random:<model> for random weights of a PyTorch one.",
+    )
+    detector: str = Field(
+        default="opencv", description="A DeepFace detector: opencv, yunet, retinaface, ..."
+    )
+    profile_faces: bool = Field(
+        default=True,
+        description="opencv only: also run OpenCV's profile-face cascade (both directions) "
+        "for turned heads the frontal cascade misses.",
+    )
+    deepface_home: Path | None = Field(
+        default=None,
+        description="Folder holding .deepface/weights; unset = $DEEPFACE_HOME, else ~.",
+    )
+    min_confidence: float = Field(default=0.0, ge=0, description="Drop faces detected below it.")
+    max_faces: int = Field(default=32, ge=1, description="Per image; the largest faces are kept.")
+    align: bool = Field(default=True, description="Rotate each face upright by its eyes.")
+    normalization: str = Field(
+        default="base", description="DeepFace input normalization (base, ArcFace, Facenet, ...)."
+    )
+    collection: str = "faces"
+
+
 class Dinov2Settings(TaskSettings):
     """DINOv2 image features in their own collection, keyed by the same image id as CLIP."""
 
@@ -186,6 +218,7 @@ class Settings(BaseSettings):
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     clip: ClipSettings = Field(default_factory=ClipSettings)
+    face: FaceSettings = Field(default_factory=FaceSettings)
     dinov2: Dinov2Settings = Field(default_factory=Dinov2Settings)
     caption: CaptionSettings = Field(default_factory=CaptionSettings)
     labels: LabelsSettings = Field(default_factory=LabelsSettings)

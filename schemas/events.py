@@ -127,15 +127,22 @@ class Neighbor(BaseModel):
 
     id: str
     score: float = Field(description="Cosine similarity, 1.0 = identical direction.")
+    image_id: str | None = Field(
+        default=None, description="Face neighbours: the image the face was found in."
+    )
 
 
 class Face(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    face_id: str = Field(description="{image_id}#{n}")
-    bbox: tuple[int, int, int, int] = Field(description="x, y, width, height in pixels.")
-    confidence: float
-    neighbors: list[Neighbor] = Field(default_factory=list)
+    face_id: str = Field(description="{image_id}#{n}; n = 0 is the largest face.")
+    bbox: tuple[int, int, int, int] = Field(
+        description="x, y, width, height in pixels of the submitted image."
+    )
+    confidence: float = Field(description="The detector's confidence, 0 to 1.")
+    neighbors: list[Neighbor] = Field(
+        default_factory=list, description="The most similar faces in other images, best first."
+    )
 
 
 class Label(BaseModel):

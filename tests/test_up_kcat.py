@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -92,9 +93,10 @@ def test_kcat_event_in_kcat_result_out_and_clean_stop(stack_up: tuple) -> None: 
         capture_output=True,
     )
     assert produced.returncode == 0, produced.stderr
-    found = ""
+    found: dict[str, str] = {}
     deadline = time.monotonic() + 90
-    while key not in found and time.monotonic() < deadline:
+    # `up` runs every enabled task: the event gets one result per task (CLIP and faces here).
+    while not {"clip", "face"} <= set(found) and time.monotonic() < deadline:
         read = subprocess.run(
             [
                 KCAT,
@@ -115,9 +117,12 @@ def test_kcat_event_in_kcat_result_out_and_clean_stop(stack_up: tuple) -> None: 
             check=False,
             capture_output=True,
         )
-        found = read.stdout
+        rows = [row for row in read.stdout.splitlines() if row.startswith(f"{key} ")]
+        found = {json.loads(row.split(" ", 1)[1])["task"]: row for row in rows}
         time.sleep(1)
-    (result,) = [row for row in found.splitlines() if row.startswith(f"{key} ")]
+    assert '"status":"ok"' in found["face"]
+    assert '"faces":[]' in found["face"]
+    result = found["clip"]
     assert '"status":"ok"' in result
     assert '"model":"random:tiny"' in result
     assert f'"source_event_id":"{key}"' in result

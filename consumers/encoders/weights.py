@@ -172,8 +172,13 @@ def load_with_fallback(
     task: TaskSettings, kind: ModelKind, cache_dir: Path, loader: Loader[T]
 ) -> tuple[str, T]:
     """Load ``task.model``, else ``task.fallback_model`` with one warning; return (spec, value)."""
+    return with_fallback(task, kind.label, lambda spec: load_model(spec, kind, cache_dir, loader))
+
+
+def with_fallback(task: TaskSettings, label: str, load: Callable[[str], T]) -> tuple[str, T]:
+    """``load(task.model)``; on ModelLoadError ``load(task.fallback_model)`` with one warning."""
     try:
-        return task.model, load_model(task.model, kind, cache_dir, loader)
+        return task.model, load(task.model)
     except ModelLoadError as err:
         fallback = task.fallback_model
         if not fallback or fallback == task.model:
@@ -181,12 +186,12 @@ def load_with_fallback(
         reason = _one_line(err.__cause__ or err)
         logger.warning(
             "%s model %r could not be loaded (%s); using fallback %r",
-            kind.label,
+            label,
             task.model,
             reason,
             fallback,
         )
-    return fallback, load_model(fallback, kind, cache_dir, loader)
+    return fallback, load(fallback)
 
 
 def tower(hidden: int, layers: int, heads: int, **extra: int) -> dict[str, int]:

@@ -1,0 +1,24 @@
+"""Helpers for the face tests: a DeepFace home with random weights, a two-face photo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from consumers.encoders.deepface_env import WEIGHTS_SUBDIR
+from consumers.encoders.weights import random_model_dir
+from loadtest.face_bench import two_face_photo
+
+__all__ = ["random_deepface_home", "two_face_photo"]
+
+
+def random_deepface_home(model_cache: Path) -> Path:
+    """A DEEPFACE_HOME whose weights folder holds random GhostFaceNet weights.
+
+    It is the folder ``random:GhostFaceNet`` builds in the model cache: DeepFace's own
+    PyTorch GhostFaceNet, saved as the ``ghostfacenet_v1.pth`` it loads, so pointing
+    ``deepface_home`` at it runs the production loading path. The Haar cascades come
+    from OpenCV's wheel.
+    """
+    home = random_model_dir("deepface", "GhostFaceNet", model_cache)
+    assert (home / WEIGHTS_SUBDIR / "ghostfacenet_v1.pth").is_file()
+    return home

@@ -1,0 +1,129 @@
+"""The face task end to end through the real Tansu broker, moto S3 server and milvus-lite."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from consumers.ingest import result_reader
+from consumers.launcher import running_consumers
+from consumers.s3 import S3Store
+from consumers.service import ConsumerService
+from consumers.settings import (
+    FaceSettings,
+    KafkaSettings,
+    MetricsSettings,
+    MilvusSettings,
+    S3Settings,
+    Settings,
+)
+from consumers.stack import Broker, create_topics
+from schemas.events import ErrorCode, Status, TaskResult
+from schemas.topics import Topics
+from tests.face_support import random_deepface_home, two_face_photo
+from tests.helpers import collect, event, jpeg, produce_events, sample_jpeg
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("face-models")
+
+
+@pytest.fixture
+async def settings(
+    kafka_broker: Broker, s3_server: S3Settings, tmp_path: Path, model_cache: Path
+) -> Settings:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    await create_topics(kafka_broker.bootstrap_servers, Topics(prefix).all(), partitions=2)
+    return Settings(
+        _env_file=None,
+        kafka=KafkaSettings(
+            bootstrap_servers=kafka_broker.bootstrap_servers,
+            topic_prefix=prefix,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+        ),
+        s3=s3_server,
+        milvus=MilvusSettings(uri=str(tmp_path / "milvus.db")),
+        metrics=MetricsSettings(port=0),
+        # The production path: a DeepFace model name and a DEEPFACE_HOME holding its file.
+        face=FaceSettings(
+            model="GhostFaceNet",
+            deepface_home=random_deepface_home(model_cache),
+            device="cpu",
+            max_records=16,
+        ),
+        model_cache_dir=model_cache,
+    )
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[ConsumerService]:
+    async with running_consumers(settings, ["face"]) as running:
+        yield running
+
+
+async def test_every_face_stored_and_the_same_face_found_in_the_other_photo(
+    settings: Settings, service: ConsumerService
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    objects = {
+        f"{run}/astronaut.jpg": sample_jpeg("astronaut"),
+        f"{run}/pair.jpg": jpeg(two_face_photo()),
+        f"{run}/coffee.jpg": sample_jpeg("coffee"),
+        f"{run}/page.jpg": b"<html>not an image</html>",
+    }
+    async with S3Store(settings.s3) as s3:
+        for key, data in objects.items():
+            await s3.put(settings.s3.bucket, key, data)
+    uri = f"s3://{settings.s3.bucket}/{run}"
+    first = [
+        event("astro-1", f"{uri}/astronaut.jpg"),
+        event("pair", f"{uri}/pair.jpg"),
+        event("coffee", f"{uri}/coffee.jpg"),
+        event("page", f"{uri}/page.jpg"),
+    ]
+    async with result_reader(settings) as reader:
+        await produce_events(settings, first)
+        by_image = {r.image_id: r for r in await collect(reader, len(first), timeout_s=120)}
+        await produce_events(settings, [event("astro-2", f"{uri}/astronaut.jpg", top_k=5)])
+        (again,) = await collect(reader, 1, timeout_s=60)
+
+    assert set(by_image) == {"astro-1", "pair", "coffee", "page"}
+    pair = _ok(by_image["pair"])
+    assert [f.face_id for f in pair.faces or []] == ["pair#0", "pair#1"]
+    for face in pair.faces or []:
+        x, y, w, h = face.bbox
+        assert min(w, h) > 20
+        assert x + w <= 2 * 210 + 3 * 20
+        assert y + h <= 210 + 2 * 20
+        assert all(n.image_id != "pair" for n in face.neighbors)  # other photos only
+    assert _ok(by_image["coffee"]).faces == []
+    page = by_image["page"]
+    assert page.status is Status.ERROR
+    assert page.error is not None
+    assert page.error.code is ErrorCode.NOT_AN_IMAGE
+
+    assert again.image_id == "astro-2"
+    face = _ok(again).faces[0]  # type: ignore[index]
+    assert face.face_id == "astro-2#0"
+    nearest = face.neighbors[0]
+    assert (nearest.id, nearest.image_id) == ("astro-1#0", "astro-1")
+    assert nearest.score == pytest.approx(1.0, abs=1e-4)
+    assert all(n.score < 0.99 for n in face.neighbors[1:])
+    assert not any(n.image_id == "astro-2" for n in face.neighbors)
+    assert service.pipelines["face"].task.store.count() == 4  # 1 + 2 + 0 + 1 faces
+
+
+def _ok(result: TaskResult) -> TaskResult:
+    assert result.status is Status.OK, result.error
+    assert (result.task, result.model, result.dim) == ("face", "GhostFaceNet", 512)
+    assert result.faces is not None
+    t = result.timings
+    assert min(t.fetch, t.decode, t.total) > 0
+    return result
