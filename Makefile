@@ -21,6 +21,12 @@ $(STAMP): pyproject.toml
 	@command -v kcat >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& (apt-get install -y -qq kcat >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 \
 		&& apt-get install -y -qq kcat >/dev/null 2>&1)) || echo "kcat not installed: its test will skip"; }
+	@# Debian's prometheus: promtool checks the rules, and a real server scrapes a test stack.
+	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& (apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+		|| (apt-get update -qq >/dev/null 2>&1 \
+		&& apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1)) \
+		|| echo "prometheus not installed: its tests will fail"; }
 	@# Debian's chromium + chromedriver: the demo page's browser test drives them.
 	@command -v chromedriver >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \

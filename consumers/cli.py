@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     from loadtest.cli import add_commands
 
     add_commands(sub)  # loadtest, bench
+    topics = sub.add_parser("topics", help="Kafka topics").add_subparsers(
+        dest="action", required=True
+    )
+    create = topics.add_parser("create", help="create every topic (existing ones are kept)")
+    create.add_argument("--partitions", type=int, help="default: IMAGESTREAM_KAFKA__PARTITIONS")
+    create.add_argument("--replication-factor", type=int, default=1)
     schemas = sub.add_parser("schemas", help="write JSON Schema + AsyncAPI to schemas/generated")
     schemas.add_argument("--check", action="store_true", help="fail if they are stale")
     return parser
@@ -83,6 +89,26 @@ def _schemas(check: bool) -> int:
     return 0
 
 
+def _create_topics(settings: Settings, partitions: int | None, replication: int) -> int:
+    from aiokafka.errors import KafkaError
+
+    from consumers.kafka import client_kwargs
+    from consumers.stack import StackError, create_topics
+    from schemas.topics import Topics
+
+    admin = client_kwargs(settings.kafka)
+    servers = admin.pop("bootstrap_servers")
+    names = Topics(settings.kafka.topic_prefix).all()
+    count = partitions or settings.kafka.partitions
+    try:
+        asyncio.run(create_topics(servers, names, count, replication, **admin))
+    except (StackError, KafkaError) as exc:
+        print(f"imagestream: topics on {servers}: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(f"{name} ({count} partitions)" for name in names))
+    return 0
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from consumers import demo, launcher
 
@@ -97,6 +123,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return _ingest(settings, args)
     elif args.command == "schemas":
         return _schemas(args.check)
+    elif args.command == "topics":
+        return _create_topics(settings, args.partitions, args.replication_factor)
     return 0
 
 

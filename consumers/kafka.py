@@ -9,6 +9,7 @@ from typing import Any
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
+from consumers.metrics import message_metrics
 from consumers.settings import KafkaSettings
 
 _SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
@@ -39,7 +40,9 @@ def security(settings: KafkaSettings) -> BaseSecurity | None:
 
 
 def make_broker(settings: KafkaSettings, **kwargs: Any) -> KafkaBroker:
-    """A broker whose producer waits for every in-sync replica (acks=all)."""
+    """A broker whose producer waits for every in-sync replica (acks=all), with
+    FastStream's Prometheus middleware ahead of any ``middlewares`` passed in."""
+    kwargs["middlewares"] = (message_metrics(), *kwargs.get("middlewares", ()))
     return KafkaBroker(
         settings.bootstrap_servers,
         security=security(settings),

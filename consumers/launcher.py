@@ -12,12 +12,12 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from consumers.metrics import serve_metrics
+from consumers.metrics import metrics_server
+from consumers.monitor import monitoring
 from consumers.service import ConsumerService
 from consumers.settings import STACK_ENV, Settings
 from consumers.stack import EmbeddedStack
@@ -44,33 +44,20 @@ def stop_event() -> asyncio.Event:
     return event
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 @asynccontextmanager
 async def running_consumers(
     settings: Settings, tasks: Sequence[str] | None = None
 ) -> AsyncIterator[ConsumerService]:
+    """/readyz answers 503 from here until the models are loaded and the broker started."""
     service = ConsumerService(settings, tasks)
     metrics = settings.metrics
-    server = None
-    if metrics.port:
-        port = metrics.port if _port_free(metrics.host, metrics.port) else 0
-        server = serve_metrics(metrics.host, port, lambda: service.ready)
-        log.info("metrics on http://%s:%d/metrics", metrics.host, server.server_address[1])
-    try:
-        await service.start()
-        yield service
-    finally:
-        await service.stop()
-        if server is not None:
-            server.shutdown()
+    with metrics_server(metrics.host, metrics.port, lambda: service.ready):
+        try:
+            await service.start()
+            async with monitoring([service.broker], metrics.poll_interval_s):
+                yield service
+        finally:
+            await service.stop()
 
 
 async def consume(settings: Settings, tasks: Sequence[str] | None) -> None:

@@ -27,6 +27,7 @@ from consumers.kafka import make_broker
 from consumers.metrics import BATCH_RETRIES, MODEL_LOAD_S, observe_results
 from consumers.pipeline import ImagePipeline, Pools
 from consumers.records import Record
+from consumers.results import since
 from consumers.s3 import S3Store, S3Unavailable
 from consumers.settings import Settings
 from consumers.store import StoreUnavailable, VectorStore
@@ -148,7 +149,9 @@ class ConsumerService:
         records = [Record.from_consumer_record(r) for r in msg.raw_message]
         try:
             results = await self._process(task, records)
+            published = perf_counter()
             await self._publish(results)
+            publish_ms = since(published)
         except Exception as exc:
             # Rewind rather than move on: the next poll replays this batch, so no
             # offset is ever committed past an event that has no result yet.
@@ -158,7 +161,7 @@ class ConsumerService:
             await msg.nack()
             return
         await self._commit(task, msg, records)
-        observe_results(task, results, len(records))
+        observe_results(task, results, len(records), publish_ms)
 
     async def _process(self, task: str, records: list[Record]) -> list[TaskResult]:
         pipeline = self.pipelines[task]

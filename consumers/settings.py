@@ -201,7 +201,10 @@ class SearchSettings(BaseModel):
 
 class MetricsSettings(BaseModel):
     port: int = Field(default=9464, description="/metrics, /healthz, /readyz; 0 = off.")
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", description="0.0.0.0 where Prometheus scrapes it.")
+    poll_interval_s: float = Field(
+        default=10.0, gt=0, description="How often consumer lag and GPU memory are refreshed."
+    )
 
 
 class Settings(BaseSettings):

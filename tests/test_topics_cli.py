@@ -1,0 +1,44 @@
+"""`imagestream topics create`, the compose stack's topic-init job, against a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from consumers.cli import main
+from consumers.stack import Broker
+from schemas.topics import Topics
+
+pytestmark = pytest.mark.integration
+
+
+async def _partitions(bootstrap: str, names: list[str]) -> dict[str, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    return {t["topic"]: len(t["partitions"]) for t in described}
+
+
+async def test_creates_every_topic_and_refuses_to_shrink_the_ask(
+    kafka_broker: Broker, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topics = Topics(f"cli{uuid.uuid4().hex[:6]}")
+    monkeypatch.setenv("IMAGESTREAM_KAFKA__BOOTSTRAP_SERVERS", kafka_broker.bootstrap_servers)
+    monkeypatch.setenv("IMAGESTREAM_KAFKA__TOPIC_PREFIX", topics.prefix)
+    monkeypatch.setenv("IMAGESTREAM_KAFKA__PARTITIONS", "3")
+
+    assert await asyncio.to_thread(main, ["topics", "create"]) == 0
+    assert await _partitions(kafka_broker.bootstrap_servers, topics.all()) == dict.fromkeys(
+        topics.all(), 3
+    )
+    assert f"{topics.images} (3 partitions)" in capsys.readouterr().out
+    # Running the job again is fine; asking for more partitions than exist is an error.
+    assert await asyncio.to_thread(main, ["topics", "create"]) == 0
+    assert await asyncio.to_thread(main, ["topics", "create", "--partitions", "5"]) == 1
+    assert "fewer than 5 partitions" in capsys.readouterr().err
