@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     from consumers.commands import add_commands as add_task_commands
 
     add_task_commands(sub)  # classifier, search
+    from consumers.dlq import add_command as add_dlq_command
+
+    add_dlq_command(sub)  # dlq replay
     from loadtest.cli import add_commands
 
     add_commands(sub)  # loadtest, bench

@@ -87,7 +87,14 @@ class ImagePipeline:
     async def _prepare_all(
         self, jobs: list[Job[Any]], results: dict[int, TaskResult]
     ) -> list[Job[Any]]:
-        outcomes = await asyncio.gather(*(self._prepare(job) for job in jobs))
+        # return_exceptions: on an S3 outage, let every fetch finish before re-raising;
+        # plain gather would leave the others running while the batch is retried.
+        outcomes = await asyncio.gather(
+            *(self._prepare(job) for job in jobs), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, ItemError):
+                raise outcome  # ItemErrors are returned, one per bad item
         ready = []
         for job, outcome in zip(jobs, outcomes, strict=True):
             if isinstance(outcome, ItemError):

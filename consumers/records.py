@@ -21,10 +21,14 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     @classmethod
     def from_consumer_record(cls, record: Any) -> Record:
-        return cls(record.topic, record.partition, record.offset, record.key, record.value or b"")
+        headers = tuple((name, value or b"") for name, value in record.headers or ())
+        return cls(
+            record.topic, record.partition, record.offset, record.key, record.value or b"", headers
+        )
 
     @property
     def position(self) -> str:
@@ -69,7 +73,8 @@ def parse_event(record: Record, model: type[E]) -> E | BadEvent:
     """The record as ``model`` (ImageSubmitted, TextQuery), or why it is not one."""
     try:
         doc = json.loads(record.value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # RecursionError: a few kB of "[[[[..." nest deeper than the parser allows.
         error = ItemError(ErrorCode.INVALID_EVENT, f"event is not valid JSON: {exc}")
         return BadEvent(*_salvage(record, None), error)
     event_id, image_id = _salvage(record, doc)

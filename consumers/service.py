@@ -1,11 +1,9 @@
 """The consumer service: one FastStream Kafka batch subscriber per task on ``images.v1``.
 
 Each task has its own consumer group, so tasks scale and fail independently. The ack
-policy is manual: a batch's offsets are committed only after every one of its results
-has been acknowledged by Kafka (acks=all). A whole-batch transient failure is retried
-with backoff and then rewound (``nack`` seeks back), so no offset is ever committed past
-an unprocessed event; with deterministic result ids and Milvus upserts a redelivery
-yields the same results, not new ones.
+policy is manual. How a batch is retried, split, published and committed lives in
+``consumers/delivery.py`` (with ``inflight.py`` for shutdown and rebalances, ``dlq.py``
+for dead letters); this module wires the subscribers, publishers and pipelines.
 """
 
 from __future__ import annotations
@@ -14,44 +12,34 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from time import perf_counter
 from typing import Any
 
-from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
 
+from consumers.delivery import BatchHandler, Delivered
+from consumers.dlq import dead_letter
 from consumers.encoders import encoder_class
 from consumers.kafka import make_broker
-from consumers.metrics import BATCH_RETRIES, MODEL_LOAD_S, observe_results
+from consumers.metrics import MODEL_LOAD_S, observe_results, record_dlq
 from consumers.pipeline import ImagePipeline, Pools
 from consumers.records import Record
-from consumers.results import since
-from consumers.s3 import S3Store, S3Unavailable
+from consumers.s3 import S3Store
 from consumers.settings import Settings
-from consumers.store import StoreUnavailable, VectorStore
+from consumers.store import VectorStore
 from consumers.tasks import task_class
 from schemas.events import ImageSubmitted, TaskResult, dump
 from schemas.topics import Topics
 
 log = logging.getLogger("imagestream.consumer")
-TRANSIENT = (S3Unavailable, StoreUnavailable, KafkaError, OSError)
-RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 async def raw_values(msg: Any) -> list[bytes]:
     """Hand the handler the raw bytes: a malformed event must become an error result,
     not a decoding exception that fails the whole batch."""
     return [record.value or b"" for record in msg.raw_message]
-
-
-def commit_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
-    offsets: dict[TopicPartition, int] = {}
-    for record in records:
-        tp = TopicPartition(record.topic, record.partition)
-        offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
-    return offsets
 
 
 class ConsumerService:
@@ -62,7 +50,9 @@ class ConsumerService:
         self.topics = Topics(settings.kafka.topic_prefix)
         self.tasks = list(tasks if tasks is not None else settings.enabled_tasks())
         self.broker: KafkaBroker = make_broker(
-            settings.kafka, graceful_timeout=20.0, apply_types=False
+            settings.kafka,
+            graceful_timeout=settings.delivery.graceful_timeout_s,
+            apply_types=False,
         )
         self.results = self.broker.publisher(
             self.topics.results,
@@ -70,7 +60,15 @@ class ConsumerService:
             title="results",
             description="One TaskResult per (image, task); key = image id.",
         )
+        self.dlq = self.broker.publisher(
+            self.topics.dlq,
+            title="dlq",
+            description="Bad input: the original key, bytes and headers + imagestream.dlq.* "
+            "headers (see consumers/dlq.py).",
+        )
         self.pipelines: dict[str, ImagePipeline] = {}
+        self.handlers: dict[str, BatchHandler] = {}
+        self.stopping = asyncio.Event()
         self.ready = False
         self._s3 = S3Store(settings.s3)
         self._stores: list[VectorStore] = []
@@ -81,6 +79,14 @@ class ConsumerService:
     def _subscribe(self, task: str) -> None:
         task_settings = self.settings.task(task)
         kafka = self.settings.kafka
+        handler = self.handlers[task] = BatchHandler(
+            task,
+            partial(self._process, task),
+            self._publish,
+            self.settings.delivery,
+            self.stopping,
+            model=lambda: self.pipelines[task].task.model_name,
+        )
         subscriber = self.broker.subscriber(
             self.topics.images,
             group_id=task_settings.group_id or f"imagestream-{task}",
@@ -93,6 +99,7 @@ class ConsumerService:
             session_timeout_ms=kafka.session_timeout_ms,
             heartbeat_interval_ms=kafka.heartbeat_interval_ms,
             max_poll_interval_ms=kafka.max_poll_interval_ms,
+            listener=handler.listener,
             title=f"{self.topics.images}:{task}",
             description=f"The {task} task's consumer group.",
         )
@@ -136,7 +143,10 @@ class ConsumerService:
         return ImagePipeline(image_task, self._s3, self.settings.decode, pools)
 
     async def stop(self) -> None:
+        """In-flight batches get ``graceful_timeout_s`` to finish; one waiting on a retry
+        is abandoned at once. Either way nothing is committed past an unfinished batch."""
         self.ready = False
+        self.stopping.set()
         await self.broker.stop()
         await self._s3.close()
         for store in self._stores:
@@ -147,45 +157,28 @@ class ConsumerService:
 
     async def _handle(self, task: str, msg: Any) -> None:
         records = [Record.from_consumer_record(r) for r in msg.raw_message]
-        try:
-            results = await self._process(task, records)
-            published = perf_counter()
-            await self._publish(results)
-            publish_ms = since(published)
-        except Exception as exc:
-            # Rewind rather than move on: the next poll replays this batch, so no
-            # offset is ever committed past an event that has no result yet.
-            log.error("%s: batch of %d failed, will replay: %r", task, len(records), exc)
-            BATCH_RETRIES.labels(task, type(exc).__name__).inc()
-            await asyncio.sleep(RETRY_DELAYS_S[-1])
-            await msg.nack()
-            return
-        await self._commit(task, msg, records)
-        observe_results(task, results, len(records), publish_ms)
+        handled = await self.handlers[task].handle(msg.consumer, records)
+        if handled is not None:
+            results = [d.result for d in handled.delivered]
+            observe_results(task, results, len(records), handled.publish_ms)
 
-    async def _process(self, task: str, records: list[Record]) -> list[TaskResult]:
-        pipeline = self.pipelines[task]
-        for delay in RETRY_DELAYS_S:
-            try:
-                return await pipeline.process(records)
-            except TRANSIENT as exc:
-                log.warning("%s: transient failure, retrying in %.1fs: %s", task, delay, exc)
-                BATCH_RETRIES.labels(task, type(exc).__name__).inc()
-                await asyncio.sleep(delay)
-        return await pipeline.process(records)
+    async def _process(self, task: str, records: Sequence[Record]) -> list[tuple[int, TaskResult]]:
+        return await self.pipelines[task].process_indexed(records)
 
-    async def _publish(self, results: list[TaskResult]) -> None:
+    async def _publish(self, task: str, delivered: list[Delivered]) -> None:
+        """Every result, and a DLQ record for bad input; returns once Kafka acked all."""
         headers = {"content-type": "application/json"}
-        await asyncio.gather(
-            *(
-                self.results.publish(dump(r), key=r.image_id.encode(), headers=headers)
-                for r in results
-            )
-        )
-
-    async def _commit(self, task: str, msg: Any, records: list[Record]) -> None:
-        try:
-            await msg.consumer.commit(commit_offsets(records))
-        except KafkaError as exc:
-            # Lost to a rebalance: the batch is redelivered and yields the same result ids.
-            log.warning("%s: commit failed, batch will be redelivered: %s", task, exc)
+        sends = [
+            self.results.publish(dump(d.result), key=d.result.image_id.encode(), headers=headers)
+            for d in delivered
+        ]
+        letters = [letter for d in delivered if (letter := dead_letter(d)) is not None]
+        if self.settings.delivery.dlq:
+            sends += [self.dlq.publish(x.value, key=x.key, headers=x.headers) for x in letters]
+        # All sends finish (acked or failed) before a failure is raised for the replay.
+        for outcome in await asyncio.gather(*sends, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        if self.settings.delivery.dlq:
+            for letter in letters:
+                record_dlq(task, letter.headers["imagestream.dlq.code"])

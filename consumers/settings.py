@@ -199,6 +199,27 @@ class SearchSettings(BaseModel):
     batch_timeout_ms: int = Field(default=50, ge=1)
 
 
+class DeliverySettings(BaseModel):
+    """Retries, replays and shutdown of a consumer's micro-batches (see consumers/delivery.py)."""
+
+    retry_delays_s: list[float] = Field(
+        default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0],
+        description="Backoff between retries of a batch after a transient failure.",
+    )
+    replay_pause_s: float = Field(
+        default=5.0, ge=0, description="Pause before a batch whose retries ran out is replayed."
+    )
+    graceful_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="How long SIGTERM or a revoke waits for the in-flight batch to finish.",
+    )
+    dlq: bool = Field(default=True, description="Publish bad input to the images DLQ topic.")
+
+    def retry_budget_s(self) -> float:
+        return sum(self.retry_delays_s) + self.replay_pause_s
+
+
 class MetricsSettings(BaseModel):
     port: int = Field(default=9464, description="/metrics, /healthz, /readyz; 0 = off.")
     host: str = Field(default="127.0.0.1", description="0.0.0.0 where Prometheus scrapes it.")
@@ -220,6 +241,7 @@ class Settings(BaseSettings):
     milvus: MilvusSettings = Field(default_factory=MilvusSettings)
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     clip: ClipSettings = Field(default_factory=ClipSettings)
     face: FaceSettings = Field(default_factory=FaceSettings)
     dinov2: Dinov2Settings = Field(default_factory=Dinov2Settings)
@@ -242,6 +264,18 @@ class Settings(BaseSettings):
                     section.fallback_model = self.clip.fallback_model
                 if "device" not in section.model_fields_set:
                     section.device = self.clip.device
+        return self
+
+    @model_validator(mode="after")
+    def _retries_fit_the_poll_interval(self) -> Settings:
+        # A batch that outlives max_poll_interval_ms gets its consumer thrown out of the
+        # group: retries, the replay pause and a slow batch must all fit well inside it.
+        budget, limit = self.delivery.retry_budget_s(), self.kafka.max_poll_interval_ms / 1000
+        if budget > limit / 2:
+            raise ValueError(
+                f"delivery retries and replay pause take {budget:.0f} s, more than half of "
+                f"kafka.max_poll_interval_ms ({limit:.0f} s): shorten them or raise the interval"
+            )
         return self
 
     def task(self, name: str) -> TaskSettings:

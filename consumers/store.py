@@ -127,7 +127,9 @@ class VectorStore:
         """Insert or replace whole rows by id (the same id twice leaves one row)."""
         if not rows:
             return
-        data = [self._row_dict(row) for row in rows]
+        # A Milvus server refuses one upsert holding the same key twice (the same image
+        # submitted twice in one batch); the last row wins, as separate upserts would.
+        data = list({row.id: self._row_dict(row) for row in rows}.values())
         self._call("upsert", data=data)
         self._unflushed += len(data)
         if self.flush_every_rows and self._unflushed >= self.flush_every_rows:

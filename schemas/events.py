@@ -81,6 +81,14 @@ class ImageSubmitted(_Event):
                 raise ValueError(f"metadata entry {key[:64]!r} is too long")
         return value
 
+    @field_validator("collection")
+    @classmethod
+    def _printable_tenant(cls, value: str | None) -> str | None:
+        # The tenant ends up inside Milvus filter expressions: no control characters.
+        if value is not None and not value.isprintable():
+            raise ValueError("collection must not contain control characters")
+        return value
+
     def bucket_key(self) -> tuple[str, str]:
         match = S3_URI.match(self.uri)
         assert match is not None  # validated above
@@ -99,6 +107,13 @@ class TextQuery(_Event):
         default=None, description="Restrict the search to these image ids."
     )
     submitted_at: datetime = Field(default_factory=utcnow)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text must not be blank")
+        return value
 
 
 class ErrorCode(StrEnum):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -72,3 +73,9 @@ async def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
 
 
 # --- end of the Kafka block ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where ``random:<preset>`` models are built once per session and loaded from."""
+    return tmp_path_factory.mktemp("models")

@@ -1,0 +1,234 @@
+"""Delivering one Kafka micro-batch: retries, split-to-isolate, publish, then commit.
+
+At-least-once: a batch's offsets are committed only after every one of its results and
+DLQ records has been acknowledged by Kafka (acks=all), and only for partitions this
+member still owns (``consumers/inflight.py``). What escapes the pipeline is handled by
+kind:
+
+- **transient** (S3, Milvus or Kafka unreachable): the whole batch is retried after
+  each of ``retry_delays_s``; when they run out the batch is rewound and replayed from
+  Kafka after ``replay_pause_s``. It waits; it never becomes an error result.
+- **anything else** (a bug or a model failing on one input, CUDA out of memory): the
+  batch is split in halves and each half delivered on its own (bisection), so every
+  item that can be processed is; an item that still fails alone becomes an
+  ``internal`` error result, and a DLQ record.
+
+Per-item problems (bad events, missing or undecodable images) never reach this module:
+the pipeline turns them into error results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from time import perf_counter
+from typing import Any
+
+import torch
+from aiokafka.errors import KafkaError
+
+from consumers.errors import ItemError
+from consumers.inflight import Abandoned, InFlight, RevokeListener, next_offsets, rewind
+from consumers.metrics import BATCH_RETRIES
+from consumers.records import Record, parse_image_event
+from consumers.results import Stopwatch, error_result, since
+from consumers.s3 import S3Unavailable
+from consumers.settings import DeliverySettings
+from consumers.store import StoreUnavailable
+from schemas.events import ErrorCode, TaskResult, utcnow
+
+log = logging.getLogger("imagestream.consumer")
+
+# OSError covers connection errors that libraries did not wrap (and TimeoutError).
+TRANSIENT: tuple[type[BaseException], ...] = (S3Unavailable, StoreUnavailable, KafkaError, OSError)
+_TRACKED_RECORDS = 100_000
+
+Process = Callable[[Sequence[Record]], Awaitable[list[tuple[int, TaskResult]]]]
+
+
+class BatchUnavailable(Exception):
+    """A transient failure outlasted the retries: replay the batch later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A record's result, with what a DLQ record needs to say about it."""
+
+    record: Record
+    result: TaskResult
+    attempts: int
+    first_seen: datetime
+
+
+class Attempts:
+    """How often, and since when, each record was tried by this process: across retries,
+    splits and replays (a restart starts over). Bounded; forgotten once committed."""
+
+    def __init__(self, limit: int = _TRACKED_RECORDS) -> None:
+        self._seen: OrderedDict[str, tuple[datetime, int]] = OrderedDict()
+        self._limit = limit
+
+    def tried(self, records: Sequence[Record]) -> None:
+        for record in records:
+            first, count = self._seen.pop(record.position, (utcnow(), 0))
+            self._seen[record.position] = (first, count + 1)
+        while len(self._seen) > self._limit:
+            self._seen.popitem(last=False)
+
+    def of(self, record: Record) -> tuple[datetime, int]:
+        return self._seen.get(record.position, (utcnow(), 1))
+
+    def forget(self, records: Sequence[Record]) -> None:
+        for record in records:
+            self._seen.pop(record.position, None)
+
+
+class BatchDelivery:
+    """Results for every record of a batch that is for this task, or an exception:
+    ``BatchUnavailable`` (replay it) or ``Abandoned`` (drop it uncommitted)."""
+
+    def __init__(
+        self,
+        task: str,
+        process: Process,
+        settings: DeliverySettings,
+        inflight: InFlight,
+        model: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        self.task = task
+        self.process = process
+        self.delays = list(settings.retry_delays_s)
+        self.inflight = inflight
+        self.model = model
+        self.attempts = Attempts()
+
+    async def run(self, records: Sequence[Record]) -> list[Delivered]:
+        pairs = await self._deliver(records)
+        return [Delivered(r, result, *self._seen(r)) for r, result in pairs]
+
+    def _seen(self, record: Record) -> tuple[int, datetime]:
+        first_seen, attempts = self.attempts.of(record)
+        return attempts, first_seen
+
+    async def _deliver(self, records: Sequence[Record]) -> list[tuple[Record, TaskResult]]:
+        for delay in [*self.delays, None]:
+            self.inflight.check()
+            self.attempts.tried(records)
+            try:
+                indexed = await self.process(records)
+            except TRANSIENT as exc:
+                if delay is None:
+                    raise BatchUnavailable(f"{type(exc).__name__}: {exc}") from exc
+                log.warning(
+                    "%s: transient failure on %d events, retrying in %.1fs: %s",
+                    *(self.task, len(records), delay, exc),
+                )
+                BATCH_RETRIES.labels(self.task, type(exc).__name__).inc()
+                await self.inflight.pause(delay)
+                continue
+            except Exception as exc:
+                return await self._split(records, exc)
+            return [(records[i], result) for i, result in indexed]
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _split(
+        self, records: Sequence[Record], exc: Exception
+    ) -> list[tuple[Record, TaskResult]]:
+        if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # halves of the batch may fit where the whole did not
+        if len(records) == 1:
+            log.error("%s: %s fails on its own: %r", self.task, records[0].position, exc)
+            return [(records[0], self._internal(records[0], exc))]
+        log.warning(
+            "%s: batch of %d failed (%s: %s); splitting it to isolate the cause",
+            *(self.task, len(records), type(exc).__name__, exc),
+        )
+        BATCH_RETRIES.labels(self.task, f"split:{type(exc).__name__}").inc()
+        middle = len(records) // 2
+        return [*await self._deliver(records[:middle]), *await self._deliver(records[middle:])]
+
+    def _internal(self, record: Record, exc: Exception) -> TaskResult:
+        event = parse_image_event(record)  # an event or a BadEvent: both carry the ids
+        message = f"internal error on this event alone: {type(exc).__name__}: {exc}"
+        return error_result(
+            self.task,
+            event.event_id,
+            event.image_id,
+            ItemError(ErrorCode.INTERNAL, message[:1000]),
+            model=self.model(),
+            watch=Stopwatch(),
+        )
+
+
+Publish = Callable[[str, list[Delivered]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    delivered: list[Delivered]
+    publish_ms: float
+
+
+class BatchHandler:
+    """One subscriber's batches: deliver, publish (results + DLQ), commit or rewind."""
+
+    def __init__(
+        self,
+        task: str,
+        process: Process,
+        publish: Publish,
+        settings: DeliverySettings,
+        stopping: asyncio.Event,
+        model: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        self.task = task
+        self.publish = publish
+        self.settings = settings
+        self.inflight = InFlight(stopping)
+        self.listener = RevokeListener(self.inflight, settings.graceful_timeout_s, task)
+        self.delivery = BatchDelivery(task, process, settings, self.inflight, model)
+
+    async def handle(self, consumer: Any, records: Sequence[Record]) -> Handled | None:
+        """What was published and committed (revoked partitions left out), else None."""
+        with self.inflight.batch(records):
+            try:
+                delivered = await self.delivery.run(records)
+                started = perf_counter()
+                await self.publish(self.task, delivered)
+                publish_ms = since(started)
+            except (BatchUnavailable, KafkaError) as exc:
+                await self._replay_later(consumer, records, exc)
+                return None
+            except Abandoned as exc:
+                log.warning(
+                    "%s: batch of %d abandoned, not committed: %s", self.task, len(records), exc
+                )
+                return None
+            await self._commit(consumer, records)
+            return Handled(delivered, publish_ms)
+
+    async def _replay_later(self, consumer: Any, records: Sequence[Record], exc: Exception) -> None:
+        # Rewind rather than move on, so no offset is ever committed past an event that
+        # has no result yet; the pause keeps a long outage from spinning.
+        log.error("%s: batch of %d failed, will replay: %s", self.task, len(records), exc)
+        BATCH_RETRIES.labels(self.task, type(exc).__name__).inc()
+        try:
+            await self.inflight.pause(self.settings.replay_pause_s)
+        except Abandoned:
+            return  # stopping: the next owner starts from the last commit anyway
+        rewind(consumer, self.inflight, records)
+
+    async def _commit(self, consumer: Any, records: Sequence[Record]) -> None:
+        offsets = self.inflight.owned(next_offsets(records))
+        try:
+            if offsets:
+                await consumer.commit(offsets)
+        except KafkaError as exc:
+            # Lost to a rebalance: the batch is redelivered and yields the same result ids.
+            log.warning("%s: commit failed, batch will be redelivered: %s", self.task, exc)
+            return
+        self.delivery.attempts.forget(records)

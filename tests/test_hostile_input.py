@@ -1,0 +1,233 @@
+"""The hostile input corpus through a running consumer (real Tansu, moto and milvus-lite).
+
+Every case yields its documented outcome, bad input lands on the DLQ with its original
+bytes, good events in the same batches are unaffected, the consumer keeps consuming, and
+no secret reaches the log. Then a DLQ replay after the fix turns an error into a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from pydantic import SecretStr, ValidationError
+
+from consumers.cli import main
+from consumers.dlq import DLQ_CODES, dlq_headers
+from consumers.ingest import result_reader
+from consumers.launcher import running_consumers
+from consumers.s3 import S3Store
+from consumers.service import ConsumerService
+from consumers.settings import (
+    ClipSettings,
+    DeliverySettings,
+    KafkaSettings,
+    MetricsSettings,
+    MilvusSettings,
+    S3Settings,
+    Settings,
+)
+from consumers.stack import Broker, create_topics
+from schemas.events import Status, TaskResult, TextQuery
+from schemas.topics import Topics
+from tests.helpers import collect, produce
+from tests.hostile_corpus import BUCKET, MAX_OBJECT_BYTES, MISSING_BUCKET, build, text_query_cases
+from tests.kafka_checks import read_all, wait_until_committed
+
+pytestmark = pytest.mark.integration
+S3_SECRET = f"s3-secret-{uuid.uuid4().hex}"
+SASL_SECRET = f"sasl-secret-{uuid.uuid4().hex}"
+GROUP = "imagestream-clip"
+
+
+@pytest.fixture(scope="module")
+async def settings(
+    kafka_broker: Broker,
+    s3_server: S3Settings,
+    model_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Settings:
+    prefix = f"h{uuid.uuid4().hex[:8]}"
+    await create_topics(kafka_broker.bootstrap_servers, Topics(prefix).all(), partitions=4)
+    return Settings(
+        _env_file=None,
+        kafka=KafkaSettings(
+            bootstrap_servers=kafka_broker.bootstrap_servers,
+            topic_prefix=prefix,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            sasl_username="imagestream",
+            sasl_password=SecretStr(SASL_SECRET),  # configured, unused on PLAINTEXT
+        ),
+        s3=s3_server.model_copy(
+            update={
+                "allowed_buckets": [BUCKET, MISSING_BUCKET],
+                "max_object_bytes": MAX_OBJECT_BYTES,
+                "secret_access_key": SecretStr(S3_SECRET),  # moto accepts any
+            }
+        ),
+        milvus=MilvusSettings(uri=str(tmp_path_factory.mktemp("hostile") / "milvus.db")),
+        metrics=MetricsSettings(port=0),
+        clip=ClipSettings(model="random:tiny", device="cpu", max_records=64),
+        delivery=DeliverySettings(retry_delays_s=[0.2, 0.5], replay_pause_s=0.5),
+        model_cache_dir=model_cache,
+    )
+
+
+async def _upload(settings: Settings, objects: dict[str, bytes]) -> None:
+    async with S3Store(settings.s3) as s3:
+        for key, data in objects.items():
+            await s3.put(BUCKET, key, data)
+
+
+def _outcome(results: list[TaskResult]) -> str:
+    if not results:
+        return "none"
+    first = results[0]
+    return first.error.code.value if first.error else first.status.value
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+async def test_hostile_corpus_yields_documented_outcomes(
+    settings: Settings, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.DEBUG)  # the start of a consumer, logged at its most verbose
+    async with running_consumers(settings, ["clip"]) as service:
+        caplog.set_level(logging.INFO)
+        await _run_corpus(settings, service, capsys)
+    assert caplog.text  # the log was captured, and holds no secret
+    for secret in (S3_SECRET, SASL_SECRET):
+        assert secret not in caplog.text
+        assert secret not in repr(settings)
+
+
+async def _run_corpus(
+    settings: Settings, service: ConsumerService, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    cases = build(run)
+    await _upload(settings, {k: v for case in cases for k, v in case.objects.items()})
+    expected = sum(case.results for case in cases)
+    async with result_reader(settings) as reader:
+        await produce(settings, [record for case in cases for record in case.records])
+        results = await collect(reader, expected, timeout_s=120)
+        await wait_until_committed(settings, service.topics.images, GROUP, timeout_s=60)
+        results += await collect(reader, 1, timeout_s=1.0)  # anything beyond the expected
+    by_case: dict[str, list[TaskResult]] = defaultdict(list)
+    for result in results:
+        by_case[result.image_id].append(result)
+    dlq = await _dlq_by_key(settings)
+
+    rows = [("case", "records", "expected", "outcome", "dlq", "message")]
+    for case in cases:
+        got = by_case.pop(case.name, [])
+        message = got[0].error.message[:70] if got and got[0].error else ""
+        letters = dlq.pop(case.name, [])
+        rows.append(
+            (
+                case.name,
+                str(len(case.records)),
+                case.expect,
+                _outcome(got),
+                str(len(letters)),
+                message,
+            )
+        )
+        assert (_outcome(got), len(got)) == (case.expect, case.results), case.name
+        assert len(letters) == (1 if case.expect in DLQ_CODES else 0), case.name
+        for value, info in letters:
+            assert value == case.records[0][1]  # the original bytes
+            assert info["code"] == case.expect
+        if case.expect == "ok":
+            assert got[0].model == "random:tiny"
+            assert case.name not in {n.id for n in got[0].neighbors}
+    for name, query in text_query_cases().items():
+        with pytest.raises(ValidationError) as refused:
+            TextQuery.model_validate(query)
+        rows.append(
+            (
+                name,
+                "-",
+                "refused by TextQuery",
+                "refused",
+                "-",
+                refused.value.errors()[0]["msg"][:70],
+            )
+        )
+    assert not by_case, by_case  # no result for an image id outside the corpus
+    assert not dlq, dlq
+    assert len(rows) - 1 >= 30
+    with capsys.disabled():
+        print(f"\nhostile input corpus: {len(rows) - 1} cases\n{_table(rows)}")
+
+
+async def _dlq_by_key(settings: Settings) -> dict[str, list[tuple[bytes, dict[str, str]]]]:
+    letters: dict[str, list[tuple[bytes, dict[str, str]]]] = defaultdict(list)
+    for record in await read_all(settings, [Topics(settings.kafka.topic_prefix).dlq]):
+        key = (record.key or b"").decode()
+        letters[key].append((record.value, dlq_headers(record.headers)))
+    return letters
+
+
+async def test_dlq_replay_after_the_fix_turns_the_error_into_a_result(
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `imagestream dlq replay` reads its settings like any command: from the environment.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IMAGESTREAM_KAFKA__BOOTSTRAP_SERVERS", settings.kafka.bootstrap_servers)
+    monkeypatch.setenv("IMAGESTREAM_KAFKA__TOPIC_PREFIX", settings.kafka.topic_prefix)
+    milvus = MilvusSettings(uri=str(tmp_path / "milvus.db"))
+    async with running_consumers(settings.model_copy(update={"milvus": milvus}), ["clip"]):
+        await _replay_after_fix(settings, capsys)
+
+
+async def _cli(*args: str) -> int:
+    return await asyncio.to_thread(main, list(args))
+
+
+async def _replay_after_fix(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    run = uuid.uuid4().hex[:6]
+    key = f"{run}/late.jpg"
+    value = (
+        f'{{"event_id": "{run}-late", "image_id": "late-{run}", "uri": "s3://{BUCKET}/{key}"}}'
+    ).encode()
+    async with result_reader(settings) as reader:
+        await produce(settings, [(f"late-{run}".encode(), value)])
+        (first,) = await _results_for(reader, f"late-{run}", 1)
+        assert first.error is not None
+        assert first.error.code.value == "object_not_found"
+        await _upload(settings, {key: build(run)[0].objects[f"{run}/good-a.jpg"]})
+        capsys.readouterr()
+        assert await _cli("dlq", "replay", "--code", "object_not_found", "--dry-run") == 0
+        listed = capsys.readouterr().out
+        assert key in listed
+        assert "would replay" in listed
+        assert await _cli("dlq", "replay", "--code", "object_not_found", "--task", "clip") == 0
+        assert "replayed" in capsys.readouterr().out
+        again = await _results_for(reader, f"late-{run}", 1)
+    assert [r.status for r in again] == [Status.OK]
+    assert again[0].result_id == first.result_id
+
+
+async def _results_for(reader: AIOKafkaConsumer, image_id: str, count: int) -> list[TaskResult]:
+    """The next ``count`` results for ``image_id``; others are skipped (on Tansu the reader
+    can start a little before the end of the results topic)."""
+    found: list[TaskResult] = []
+    deadline = asyncio.get_running_loop().time() + 60
+    while len(found) < count and asyncio.get_running_loop().time() < deadline:
+        found += [r for r in await collect(reader, 1, timeout_s=1) if r.image_id == image_id]
+    return found
