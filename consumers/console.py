@@ -13,6 +13,13 @@ def format_result(result: TaskResult) -> str:
     if result.faces is not None:
         faces = "; ".join(f"{f.face_id} -> {_near(f.neighbors)}" for f in result.faces)
         return f"{done}  faces: {faces or '(no face)'}"
+    if result.caption is not None:
+        return f"{done}  caption: {result.caption!r}"
+    if result.labels is not None:
+        return f"{done}  labels: " + ", ".join(f"{x.label} {x.score:.2f}" for x in result.labels)
+    if result.classes is not None:
+        found = ", ".join(f"{c.head}={c.label} {c.proba:.2f}" for c in result.classes)
+        return f"{done}  classes: {found or '(no heads)'}"
     return f"{done}  neighbours: {_near(result.neighbors)}"
 
 

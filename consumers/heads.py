@@ -108,6 +108,7 @@ def fetch_vectors(
 ) -> tuple[Vectors, list[str]]:
     """Stored CLIP vectors of ``image_ids`` in their order, and the ids not found."""
     from consumers.tasks.base import vector_id  # the tasks package imports this module
+
     collection = settings.clip.collection
     dim = stored_dim(settings.milvus, collection)
     if dim is None:

@@ -27,7 +27,12 @@ log = logging.getLogger("imagestream")
 # Without internet the configured hub model cannot load; the embedded stack then runs
 # on random weights of the same architecture rather than not at all (said in one line).
 # Faces likewise when the DeepFace weight file is missing (`consume` stops instead).
-DEV_FALLBACKS = {"clip": "random:vit-b-32", "dinov2": "random:small", "face": "random:GhostFaceNet"}
+DEV_FALLBACKS = {
+    "clip": "random:vit-b-32",
+    "dinov2": "random:small",
+    "face": "random:GhostFaceNet",
+    "caption": "random:blip-base",
+}
 # Off by default (a production consumer needs real weights only where faces are wanted),
 # on in the embedded stack.
 DEV_TASKS = ("face",)

@@ -27,6 +27,7 @@ from consumers.metrics import MODEL_LOAD_S, observe_results, record_dlq
 from consumers.pipeline import ImagePipeline, Pools
 from consumers.records import Record
 from consumers.s3 import S3Store
+from consumers.search import TextSearch
 from consumers.settings import Settings
 from consumers.store import VectorStore
 from consumers.tasks import task_class
@@ -75,6 +76,12 @@ class ConsumerService:
         self._pools: Pools | None = None
         for task in self.tasks:
             self._subscribe(task)
+        # Text search answers from the clip task's model and collection (consumers/search.py).
+        self.search = (
+            TextSearch(self.broker, self.topics, settings, self.results, self.stopping)
+            if "clip" in self.tasks and settings.search.enabled
+            else None
+        )
 
     def _subscribe(self, task: str) -> None:
         task_settings = self.settings.task(task)
@@ -120,6 +127,8 @@ class ConsumerService:
         await self._s3.start()
         for task in self.tasks:
             self.pipelines[task] = await self._build_pipeline(task, self._pools)
+        if self.search is not None:
+            self.search.bind(self.pipelines["clip"].task, self._pools.device, self._pools.store)
         await self.broker.start()
         self.ready = True
         log.info("consuming %s for tasks %s", self.topics.images, ", ".join(self.tasks))
