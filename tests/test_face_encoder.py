@@ -138,6 +138,13 @@ def test_missing_weights_stop_the_start_with_one_line_naming_file_and_folder(
     assert time.monotonic() - started < 10  # looked up, not downloaded
 
 
+def test_the_detector_files_are_checked_at_start_too(home: Path, cache: Path) -> None:
+    with pytest.raises(ModelLoadError) as raised:
+        _encoder(cache, model="GhostFaceNet", deepface_home=home, detector="yunet").load()
+    assert "face_detection_yunet_2023mar.onnx is missing" in str(raised.value)
+    assert str(home / ".deepface" / "weights") in str(raised.value)
+
+
 def test_unknown_model_is_one_line_too(tmp_path: Path, home: Path) -> None:
     with pytest.raises(ModelLoadError, match="NoSuchNet") as raised:
         _encoder(tmp_path, model="NoSuchNet", deepface_home=home).load()

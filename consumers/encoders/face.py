@@ -88,6 +88,11 @@ class FaceEncoder(Encoder):
                 client = recognition_class(model_name)()
                 self._detectors = DetectorPool(self._new_detector, self.settings.decode.threads)
         except ImportError as err:
+            if (err.name or "").partition(".")[0] != "deepface":
+                raise ModelLoadError(
+                    f"DeepFace {spec!r} with detector {self.face.detector!r} needs the "
+                    f"package {err.name!r}, which is not installed"
+                ) from err
             raise ModelLoadError(f"DeepFace is not installed ({err}): {INSTALL}") from err
         except Exception as err:
             choices = "|".join(presets("deepface"))
