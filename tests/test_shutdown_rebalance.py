@@ -36,7 +36,7 @@ from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 GROUP = "imagestream-clip"
-GRACEFUL_S = 3.0
+GRACEFUL_S = 5.0
 
 
 @pytest.fixture
