@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     create = topics.add_parser("create", help="create every topic (existing ones are kept)")
     create.add_argument("--partitions", type=int, help="default: IMAGESTREAM_KAFKA__PARTITIONS")
     create.add_argument("--replication-factor", type=int, default=1)
+    sub.add_parser("gateway", help="serve the HTTP gateway (IMAGESTREAM_GATEWAY__*)")
+    legacy = sub.add_parser("legacy", help="run the legacy polling adapter (POLLING_URL)")
+    legacy.add_argument("--only", choices=["poller", "sender"], help="run one half only")
     schemas = sub.add_parser("schemas", help="write JSON Schema + AsyncAPI to schemas/generated")
     schemas.add_argument("--check", action="store_true", help="fail if they are stale")
     return parser
@@ -112,6 +115,25 @@ def _create_topics(settings: Settings, partitions: int | None, replication: int)
     return 0
 
 
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    """The gateway and the legacy adapter hold no model: they never import torch."""
+    from consumers.metrics import metrics_server
+
+    metrics = settings.metrics
+    # /metrics for Prometheus; /readyz here only says the process serves (the gateway's
+    # own /readyz, on its port, also checks Kafka and S3).
+    with metrics_server(metrics.host, metrics.port, lambda: True):
+        if args.command == "gateway":
+            from consumers.gateway.server import run_gateway
+
+            asyncio.run(run_gateway(settings))
+        else:
+            from consumers.legacy.adapter import HALVES, run_legacy
+
+            asyncio.run(run_legacy(settings, (args.only,) if args.only else HALVES))
+    return 0
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from consumers import demo, launcher
 
@@ -151,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if hasattr(args, "handler"):  # classifier, search: consumers/commands.py
             return int(args.handler(args))
-        return _run(args, settings)
+        light = args.command in ("gateway", "legacy")
+        return (_serve if light else _run)(args, settings)
     except ModelLoadError as exc:
         print(f"imagestream: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
-"""Generated contracts: JSON Schema per event model and the AsyncAPI document.
+"""Generated contracts: JSON Schema per event model, the AsyncAPI and the gateway's OpenAPI.
 
-Both are derived from the pydantic models and the FastStream subscribers, written under
-``schemas/generated/`` and checked in, so non-Python producers can validate events.
+All derive from the pydantic models, the FastStream subscribers and the gateway app, written
+under ``schemas/generated/`` and checked in, so non-Python producers can validate events.
 ``imagestream schemas --check`` (run by the tests) fails when they are stale.
 """
 
@@ -36,12 +36,21 @@ def asyncapi_document() -> dict[str, Any]:
     return document
 
 
+def gateway_openapi() -> dict[str, Any]:
+    """The HTTP gateway's OpenAPI document (also served at /openapi.json)."""
+    from consumers.gateway.app import create_app
+
+    document: dict[str, Any] = create_app(Settings.model_construct()).openapi()
+    return document
+
+
 def rendered() -> dict[str, str]:
     files = {
         f"{name}.schema.json": model.model_json_schema(mode="serialization")
         for name, model in schema_models().items()
     }
     files["asyncapi.json"] = asyncapi_document()
+    files["gateway.openapi.json"] = gateway_openapi()
     return {name: json.dumps(doc, indent=2, sort_keys=True) + "\n" for name, doc in files.items()}
 
 

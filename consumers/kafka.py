@@ -6,6 +6,7 @@ import logging
 import ssl
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
@@ -71,3 +72,9 @@ def client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
         if settings.sasl_password:
             kwargs["sasl_plain_password"] = settings.sasl_password.get_secret_value()
     return kwargs
+
+
+def make_producer(settings: KafkaSettings, client_id: str = "imagestream") -> AIOKafkaProducer:
+    """A plain aiokafka producer (acks=all) for processes without a FastStream broker."""
+    kwargs = client_kwargs(settings) | {"client_id": client_id}
+    return AIOKafkaProducer(**kwargs, acks="all", enable_idempotence=settings.enable_idempotence)

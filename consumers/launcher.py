@@ -7,19 +7,20 @@ consumer in this process beside milvus-lite (which allows one process per data f
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from consumers.gateway.server import running_gateway
+from consumers.legacy.adapter import legacy_adapter
 from consumers.metrics import metrics_server
 from consumers.monitor import monitoring
 from consumers.service import ConsumerService
 from consumers.settings import STACK_ENV, Settings
+from consumers.signals import stop_event
 from consumers.stack import EmbeddedStack
 from schemas.topics import Topics
 
@@ -38,15 +39,6 @@ DEV_FALLBACKS = {
 DEV_TASKS = ("face",)
 # Tansu answers a group join after half the session timeout; 6 s keeps start-up quick.
 DEV_KAFKA = {"SESSION_TIMEOUT_MS": "6000", "HEARTBEAT_INTERVAL_MS": "1000"}
-
-
-def stop_event() -> asyncio.Event:
-    """Set on SIGINT or SIGTERM, so every command shuts down the same clean way."""
-    event = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, event.set)
-    return event
 
 
 @asynccontextmanager
@@ -109,12 +101,19 @@ async def up(settings: Settings, tasks: Sequence[str] | None, runtime_dir: Path)
         env = {k: v for k, v in os.environ.items() if k.startswith("IMAGESTREAM_")}
         _write_stack_env(env)
         try:
-            async with running_consumers(live, tasks) as service:
+            async with (
+                running_consumers(live, tasks) as service,
+                running_gateway(live, any_port_if_busy=True) as gateway,
+                legacy_adapter(live) if live.legacy.polling_url else contextlib.nullcontext(),
+            ):
                 topics = service.topics
                 print(f"kafka      {live.kafka.bootstrap_servers}")
                 print(f"s3         {live.s3.endpoint_url}  (bucket {live.s3.bucket})")
                 print(f"milvus     {live.milvus.uri}")
                 print(f"topics     {topics.images} -> {topics.results}")
+                print(f"gateway    {gateway.url}  (OpenAPI {gateway.url}/docs)")
+                if live.legacy.polling_url:
+                    print(f"legacy     polling {live.legacy.polling_url}")
                 print(f"env        {STACK_ENV} (read by imagestream ingest)")
                 print("ready: press Ctrl-C to stop", flush=True)
                 await stop.wait()

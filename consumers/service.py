@@ -26,6 +26,7 @@ from consumers.kafka import make_broker
 from consumers.metrics import MODEL_LOAD_S, observe_results, record_dlq
 from consumers.pipeline import ImagePipeline, Pools
 from consumers.records import Record
+from consumers.rpc import EncoderRpc
 from consumers.s3 import S3Store
 from consumers.search import TextSearch
 from consumers.settings import Settings
@@ -67,6 +68,8 @@ class ConsumerService:
             description="Bad input: the original key, bytes and headers + imagestream.dlq.* "
             "headers (see consumers/dlq.py).",
         )
+        # The gateway's embeddings and labels are served where the CLIP model lives.
+        self.rpc = EncoderRpc(self.broker, self.topics, settings) if "clip" in self.tasks else None
         self.pipelines: dict[str, ImagePipeline] = {}
         self.handlers: dict[str, BatchHandler] = {}
         self.stopping = asyncio.Event()
@@ -129,6 +132,9 @@ class ConsumerService:
             self.pipelines[task] = await self._build_pipeline(task, self._pools)
         if self.search is not None:
             self.search.bind(self.pipelines["clip"].task, self._pools.device, self._pools.store)
+        if self.rpc is not None:
+            encoder = self.pipelines["clip"].task.encoder
+            self.rpc.bind(encoder, self._s3, self._pools.decode, self._pools.device)
         await self.broker.start()
         self.ready = True
         log.info("consuming %s for tasks %s", self.topics.images, ", ".join(self.tasks))

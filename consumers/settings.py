@@ -220,6 +220,81 @@ class DeliverySettings(BaseModel):
         return sum(self.retry_delays_s) + self.replay_pause_s
 
 
+WEARABLE = (
+    "hat", "cap", "sunglasses", "glasses", "scarf", "necklace", "earrings", "watch",
+    "bracelet", "ring", "t-shirt", "shirt", "jacket", "coat", "dress", "skirt", "jeans",
+    "shorts", "sneakers", "boots",
+)  # fmt: skip
+
+
+class ZeroShotSettings(BaseModel):
+    """Zero-shot labels: CLIP text embeddings of each label, computed once per process."""
+
+    label_sets: dict[str, list[str]] = Field(
+        default_factory=lambda: {"wearable": list(WEARABLE)},
+        description="Named label sets (JSON). The default is seed 001's 20 wearable categories.",
+    )
+    default_set: str = Field(default="wearable", description="Used when a request names none.")
+    top_k: int = Field(default=3, ge=1, description="Labels returned per image.")
+    prompt: str = Field(
+        default="a photo of a {}", description="Template each label is embedded through."
+    )
+
+
+class LegacySettings(BaseModel):
+    """The adapter for seed 000's polling workers (consumers/legacy/)."""
+
+    polling_url: str | None = Field(
+        default=None,
+        description="The old POLLING_URL; when set, `imagestream up` runs the adapter.",
+    )
+    model_names: dict[str, str] = Field(
+        default_factory=lambda: {"clip": "clip", "face": "face"},
+        description="Task -> the MODEL_NAME its jobs are polled under (enabled tasks only).",
+    )
+    idle_sleep_s: float = Field(default=2.0, ge=0, description="Pause after an empty poll.")
+    jitter_s: float = Field(default=1.0, ge=0, description="Random extra pause, 0 to this.")
+    http_timeout_s: float = Field(default=10.0, gt=0, description="Polls and downloads.")
+    result_ids: int = Field(
+        default=20, ge=1, description="Ids per callback, the image's own first (old n_results)."
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts s3_path URLs other than S3's may be downloaded from (or *.domain).",
+    )
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs reachable although private or loopback (downloads and callbacks).",
+    )
+    staging_prefix: str = Field(default="legacy", description="Key prefix of staged downloads.")
+    group_id: str = Field(default="imagestream-legacy-callbacks", min_length=1)
+    callback_attempts: int = Field(default=8, ge=1, description="Tries per callback.")
+    callback_backoff_s: float = Field(default=0.5, gt=0, description="First retry delay.")
+    callback_backoff_max_s: float = Field(default=8.0, gt=0, description="Longest retry delay.")
+    callback_concurrency: int = Field(default=16, ge=1)
+
+
+class GatewaySettings(BaseModel):
+    """The HTTP gateway (consumers/gateway/)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, description="0 = any free port.")
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="Encoder calls and ?wait=true; then 504."
+    )
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_items: int = Field(default=32, ge=1, description="Images plus texts per request.")
+    max_text_chars: int = Field(default=2000, ge=1)
+    results_cache_images: int = Field(
+        default=10_000, ge=1, description="Images whose results this gateway keeps in memory."
+    )
+    results_lookback_s: float = Field(
+        default=3600.0, ge=0, description="At start, read results this far back."
+    )
+    staging_prefix: str = Field(default="gateway", description="Key prefix of uploads.")
+
+
 class MetricsSettings(BaseModel):
     port: int = Field(default=9464, description="/metrics, /healthz, /readyz; 0 = off.")
     host: str = Field(default="127.0.0.1", description="0.0.0.0 where Prometheus scrapes it.")
@@ -241,6 +316,9 @@ class Settings(BaseSettings):
     milvus: MilvusSettings = Field(default_factory=MilvusSettings)
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    zero_shot: ZeroShotSettings = Field(default_factory=ZeroShotSettings)
+    legacy: LegacySettings = Field(default_factory=LegacySettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     clip: ClipSettings = Field(default_factory=ClipSettings)
     face: FaceSettings = Field(default_factory=FaceSettings)

@@ -128,6 +128,7 @@ class ErrorCode(StrEnum):
     NO_FACE = "no_face"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
+    SOURCE_NOT_ALLOWED = "source_not_allowed"  # a legacy s3_path URL refused (SSRF guard)
 
 
 class TaskError(BaseModel):
@@ -225,6 +226,20 @@ class TaskResult(_Event):
     completed_at: datetime = Field(default_factory=utcnow)
 
 
+class CallbackFailed(_Event):
+    """A legacy callback that still failed after every retry; the result is not lost."""
+
+    result_id: str
+    image_id: str
+    task: str
+    callback_url: str
+    legacy_id: str
+    body: dict[str, Any] = Field(description="The JSON body the callback would have sent.")
+    attempts: int = Field(description="Requests made (0 when the URL itself was refused).")
+    error: str = Field(description="Why the last attempt failed.")
+    failed_at: datetime = Field(default_factory=utcnow)
+
+
 def result_id(source_event_id: str, task: str) -> str:
     """A redelivered event yields the same id, so readers can dedupe."""
     digest = hashlib.sha256(f"{source_event_id}\x1f{task}".encode()).hexdigest()
@@ -232,7 +247,12 @@ def result_id(source_event_id: str, task: str) -> str:
 
 
 def schema_models() -> dict[str, type[BaseModel]]:
-    return {"ImageSubmitted": ImageSubmitted, "TextQuery": TextQuery, "TaskResult": TaskResult}
+    return {
+        "ImageSubmitted": ImageSubmitted,
+        "TextQuery": TextQuery,
+        "TaskResult": TaskResult,
+        "CallbackFailed": CallbackFailed,
+    }
 
 
 def dump(model: BaseModel) -> bytes:

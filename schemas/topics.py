@@ -8,6 +8,9 @@ IMAGES = "images.v1"
 QUERIES = "queries.v1"
 RESULTS = "results.v1"
 DLQ_SUFFIX = ".dlq"
+RPC = "rpc.v1"
+RPC_REPLIES = "rpc.replies.v1"
+CALLBACKS_FAILED_SUFFIX = ".callbacks.failed"
 
 
 @dataclass(frozen=True)
@@ -33,5 +36,27 @@ class Topics:
     def dlq(self) -> str:
         return self.images + DLQ_SUFFIX
 
+    @property
+    def rpc(self) -> str:
+        """Gateway requests to the encoders (request/reply)."""
+        return self._name(RPC)
+
+    @property
+    def rpc_replies(self) -> str:
+        return self._name(RPC_REPLIES)
+
+    @property
+    def callbacks_failed(self) -> str:
+        """Legacy callbacks that failed after every retry."""
+        return self.results + CALLBACKS_FAILED_SUFFIX
+
     def all(self) -> list[str]:
-        return [self.images, self.queries, self.results, self.dlq]
+        return [
+            self.images,
+            self.queries,
+            self.results,
+            self.dlq,
+            self.rpc,
+            self.rpc_replies,
+            self.callbacks_failed,
+        ]

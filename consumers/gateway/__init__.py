@@ -1,0 +1,1 @@
+"""The HTTP gateway: embeddings, zero-shot labels, image submission and results."""

@@ -1,0 +1,203 @@
+"""The callback half of the legacy adapter: results with a ``reply`` back to their backend.
+
+Its own consumer group on ``results.v1``. For every result that carries a ``reply`` it
+sends what seed 000's workers sent: ``GET img_callback_url`` with the JSON body
+``{"result": [[ids...]]}``, the ids as the old ChromaDB query returned them (the image's
+own id first, then its nearest neighbours, ``legacy.result_ids`` in all). An error result
+is sent as ``{"result": [[]], "error": {"code": ..., "message": ...}}``: the shape old
+clients parse, with no ids (a real answer always holds at least the image's own id).
+
+5xx answers, 408/429, timeouts and connection errors are retried with exponential
+backoff; other answers (4xx, redirects) and URLs the SSRF guard refuses are not. A
+callback that still fails is published, with its body, as a ``CallbackFailed`` on
+``results.v1.callbacks.failed``. Offsets are committed only after every callback of a
+batch was delivered or recorded there, so a crash means redelivery (at-least-once
+callbacks), never a lost one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import Counter
+from pydantic import ValidationError
+
+from consumers.kafka import client_kwargs
+from consumers.legacy.publish import publish_until_acked
+from consumers.legacy.ssrf import AddressGuard, Refused, check_url
+from consumers.settings import LegacySettings, Settings
+from schemas.events import CallbackFailed, ErrorCode, Status, TaskResult, dump
+from schemas.topics import Topics
+
+log = logging.getLogger("imagestream.legacy.callbacks")
+CALLBACKS = Counter(
+    "imagestream_legacy_callbacks",
+    "Legacy callbacks by outcome: delivered, or failed (recorded on the failed topic).",
+    ["outcome"],
+)
+_FACE_SUFFIX = re.compile(r"#\d+$")
+_RETRIABLE_STATUS = frozenset({408, 429})
+_REMEMBERED_RESULTS = 10_000
+
+
+def legacy_ids(result: TaskResult, limit: int) -> list[str]:
+    """Own id first, then neighbour image ids, best first, without repeats."""
+    if result.faces is not None:
+        # The old face worker kept one face per image and answered with image ids.
+        neighbours = result.faces[0].neighbors if result.faces else []
+        found = [getattr(n, "image_id", None) or _FACE_SUFFIX.sub("", n.id) for n in neighbours]
+    else:
+        found = [n.id for n in result.neighbors]
+    ids = [result.image_id]
+    for image_id in found:
+        if image_id not in ids:
+            ids.append(image_id)
+    return ids[:limit]
+
+
+def legacy_body(result: TaskResult, limit: int) -> dict[str, Any]:
+    if result.status is Status.ERROR or result.faces == []:
+        error = result.error
+        code = error.code.value if error else ErrorCode.NO_FACE.value
+        message = error.message if error else "no face was found in the image"
+        return {"result": [[]], "error": {"code": code, "message": message}}
+    return {"result": [legacy_ids(result, limit)]}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivered: bool
+    attempts: int
+    error: str = ""
+
+
+class CallbackClient:
+    """Sends one callback with retries; never raises for the target's failures."""
+
+    def __init__(
+        self, legacy: LegacySettings, http: aiohttp.ClientSession, guard: AddressGuard
+    ) -> None:
+        self.legacy = legacy
+        self.http = http
+        self.guard = guard
+
+    def _backoff(self, attempt: int) -> float:
+        legacy = self.legacy
+        delay = legacy.callback_backoff_s * 2.0 ** (attempt - 1)
+        return min(delay, legacy.callback_backoff_max_s) * random.uniform(0.8, 1.2)
+
+    async def send(self, url: str, body: dict[str, Any]) -> Outcome:
+        error = ""
+        for attempt in range(1, self.legacy.callback_attempts + 1):
+            try:
+                target = check_url(url, self.guard)
+                async with self.http.get(target, json=body, allow_redirects=False) as response:
+                    if 200 <= response.status < 300:
+                        return Outcome(True, attempt)
+                    error = f"HTTP {response.status}"
+                    if response.status < 500 and response.status not in _RETRIABLE_STATUS:
+                        return Outcome(False, attempt, f"{error} (not retried)")
+            except Refused as exc:
+                return Outcome(False, attempt - 1, f"callback URL refused: {exc}")
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                error = repr(exc)
+            if attempt < self.legacy.callback_attempts:
+                await asyncio.sleep(self._backoff(attempt))
+        return Outcome(False, self.legacy.callback_attempts, error)
+
+
+class CallbackSender:
+    def __init__(
+        self, settings: Settings, client: CallbackClient, producer: AIOKafkaProducer
+    ) -> None:
+        self.settings = settings
+        self.legacy = settings.legacy
+        self.topics = Topics(settings.kafka.topic_prefix)
+        self.client = client
+        self.producer = producer
+        self._slots = asyncio.Semaphore(self.legacy.callback_concurrency)
+        # Identical callbacks already made (result id + URL + body). Only spares repeats
+        # within one process: after a restart a redelivered result is sent again.
+        self._done: OrderedDict[str, None] = OrderedDict()
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        kafka = self.settings.kafka
+        return AIOKafkaConsumer(
+            self.topics.results,
+            **client_kwargs(kafka),
+            group_id=self.legacy.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=kafka.auto_offset_reset,
+            session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+            max_poll_interval_ms=kafka.max_poll_interval_ms,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = self._consumer()
+        await consumer.start()
+        log.info("legacy callbacks for %s, group %s", self.topics.results, self.legacy.group_id)
+        try:
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=1000, max_records=64)
+                if not batches:
+                    continue
+                await self.handle([r.value or b"" for rs in batches.values() for r in rs], stop)
+                offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
+                try:
+                    await consumer.commit(offsets)
+                except KafkaError as exc:
+                    log.warning("commit failed, the batch will be redelivered: %r", exc)
+        finally:
+            await consumer.stop()
+
+    async def handle(self, values: list[bytes], stop: asyncio.Event) -> None:
+        pending: dict[str, tuple[TaskResult, dict[str, Any]]] = {}
+        for value in values:
+            try:
+                result = TaskResult.model_validate_json(value)
+            except ValidationError:
+                continue  # not a result this adapter can answer; the consumers log bad input
+            if result.reply is None:
+                continue
+            body = legacy_body(result, self.legacy.result_ids)
+            key = json.dumps([result.result_id, result.reply.callback_url, body], sort_keys=True)
+            if key not in self._done:
+                pending[key] = (result, body)
+        await asyncio.gather(*(self._deliver(k, r, b, stop) for k, (r, b) in pending.items()))
+
+    async def _deliver(
+        self, key: str, result: TaskResult, body: dict[str, Any], stop: asyncio.Event
+    ) -> None:
+        assert result.reply is not None
+        url = result.reply.callback_url
+        async with self._slots:
+            outcome = await self.client.send(url, body)
+        CALLBACKS.labels("delivered" if outcome.delivered else "failed").inc()
+        if not outcome.delivered:
+            log.warning("callback for %s to %s failed: %s", result.image_id, url, outcome.error)
+            failed = CallbackFailed(
+                result_id=result.result_id,
+                image_id=result.image_id,
+                task=result.task,
+                callback_url=url,
+                legacy_id=result.reply.legacy_id,
+                body=body,
+                attempts=outcome.attempts,
+                error=outcome.error,
+            )
+            topic = self.topics.callbacks_failed
+            await publish_until_acked(self.producer, topic, result.image_id, dump(failed), stop)
+        self._done[key] = None
+        if len(self._done) > _REMEMBERED_RESULTS:
+            self._done.popitem(last=False)

@@ -1,0 +1,150 @@
+"""A legacy job's ``s3_path`` turned into the ``s3://bucket/key`` an event must name.
+
+- ``s3://bucket/key``: used as it is (the consumers still enforce the bucket allow-list).
+- An http(s) URL of the configured S3 endpoint (path style ``{endpoint}/bucket/key`` or
+  virtual-host style ``bucket.{endpoint host}/key``; on AWS, when no endpoint is set,
+  the ``*.amazonaws.com`` forms): mapped to bucket/key and read with our own credentials,
+  so a presigned URL's query string is dropped.
+- Any other URL: downloaded only from ``legacy.allowed_hosts``, through the SSRF guard,
+  size-capped at ``s3.max_object_bytes``, and staged into ``s3.bucket`` under
+  ``{legacy.staging_prefix}/{model}/{job id}``.
+
+Failures that retrying cannot fix are ``ItemError`` (the adapter publishes an error
+result, so the legacy backend hears back); a source that is down is ``SourceUnavailable``.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, unquote
+
+import aiohttp
+from yarl import URL
+
+from consumers.errors import ItemError
+from consumers.legacy.ssrf import AddressGuard, Refused, check_url, get_following_redirects
+from consumers.s3 import S3Store
+from consumers.settings import LegacySettings, S3Settings
+from schemas.events import S3_URI, ErrorCode
+
+_AWS_PATH = re.compile(r"^s3([.-][a-z0-9-]+)?(\.dualstack)?(\.[a-z0-9-]+)?\.amazonaws\.com$")
+_AWS_VHOST = re.compile(r"^(?P<bucket>[a-z0-9.\-]+)\.s3([.-][a-z0-9-]+)?\.amazonaws\.com$")
+_CHUNK = 64 * 1024
+
+
+class SourceUnavailable(Exception):
+    """The download failed in a way that may pass (5xx, connection, timeout)."""
+
+
+def host_allowed(host: str, allowed: list[str]) -> bool:
+    """Exact host names, or ``*.example.com`` for every subdomain of example.com."""
+    host = host.lower().rstrip(".")
+    for entry in (a.lower().rstrip(".") for a in allowed):
+        if host == entry or (entry.startswith("*.") and host.endswith(entry[1:])):
+            return True
+    return False
+
+
+def _default_port(url: URL) -> int | None:
+    return url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+def _bucket_key(bucket: str, key: str) -> str | None:
+    uri = f"s3://{bucket}/{unquote(key)}"
+    return uri if S3_URI.match(uri) else None
+
+
+def s3_uri_for_url(url: URL, endpoint_url: str | None) -> str | None:
+    """The s3:// URI an S3 object URL names, or ``None`` when it is not an S3 URL."""
+    host = (url.host or "").lower()
+    path = url.raw_path.lstrip("/")
+    if endpoint_url:
+        endpoint = URL(endpoint_url)
+        same_port = _default_port(url) == _default_port(endpoint)
+        ep_host = (endpoint.host or "").lower()
+        if same_port and host == ep_host and "/" in path:
+            return _bucket_key(*path.split("/", 1))
+        if same_port and host.endswith("." + ep_host) and path:
+            return _bucket_key(host[: -len(ep_host) - 1], path)
+        return None
+    vhost = _AWS_VHOST.match(host)
+    if vhost and path:
+        return _bucket_key(vhost["bucket"], path)
+    if _AWS_PATH.match(host) and "/" in path:
+        return _bucket_key(*path.split("/", 1))
+    return None
+
+
+class SourceResolver:
+    def __init__(
+        self,
+        s3_settings: S3Settings,
+        legacy: LegacySettings,
+        s3: S3Store,
+        http: aiohttp.ClientSession,
+        guard: AddressGuard,
+    ) -> None:
+        self.s3_settings = s3_settings
+        self.legacy = legacy
+        self.s3 = s3
+        self.http = http
+        self.guard = guard
+
+    async def resolve(self, s3_path: str, model: str, job_id: str) -> str:
+        """The s3:// URI of the job's image, staging a download where one is needed."""
+        if s3_path.startswith("s3://"):
+            if not S3_URI.match(s3_path):
+                raise ItemError(ErrorCode.INVALID_EVENT, f"s3_path {s3_path[:200]!r} is malformed")
+            return s3_path
+        try:
+            url = check_url(s3_path, self.guard)
+        except Refused as exc:
+            raise ItemError(ErrorCode.SOURCE_NOT_ALLOWED, f"s3_path refused: {exc}") from exc
+        mapped = s3_uri_for_url(url, self.s3_settings.endpoint_url)
+        if mapped is not None:
+            return mapped
+        if not host_allowed(url.host or "", self.legacy.allowed_hosts):
+            raise ItemError(
+                ErrorCode.SOURCE_NOT_ALLOWED,
+                f"s3_path host {url.host!r} is neither the S3 endpoint nor in legacy.allowed_hosts",
+            )
+        data, content_type = await self._download(str(url))
+        key = f"{self.legacy.staging_prefix}/{model}/{quote(job_id, safe='')}"
+        await self.s3.put(self.s3_settings.bucket, key, data, content_type=content_type)
+        return f"s3://{self.s3_settings.bucket}/{key}"
+
+    async def _download(self, url: str) -> tuple[bytes, str | None]:
+        try:
+            response = await get_following_redirects(self.http, url, self.guard)
+            async with response:
+                self._check_status(response, url)
+                return await self._read_capped(response, url), response.content_type
+        except Refused as exc:
+            raise ItemError(ErrorCode.SOURCE_NOT_ALLOWED, f"s3_path refused: {exc}") from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise SourceUnavailable(f"downloading {url[:200]}: {exc!r}") from exc
+
+    @staticmethod
+    def _check_status(response: aiohttp.ClientResponse, url: str) -> None:
+        if response.status >= 500 or response.status in (408, 429):
+            raise SourceUnavailable(f"downloading {url[:200]}: HTTP {response.status}")
+        if response.status != 200:
+            raise ItemError(
+                ErrorCode.OBJECT_NOT_FOUND, f"downloading {url[:200]}: HTTP {response.status}"
+            )
+
+    async def _read_capped(self, response: aiohttp.ClientResponse, url: str) -> bytes:
+        limit = self.s3_settings.max_object_bytes
+        if response.content_length is not None and response.content_length > limit:
+            raise ItemError(
+                ErrorCode.IMAGE_TOO_LARGE,
+                f"{url[:200]} is {response.content_length:,} bytes, over {limit:,}",
+            )
+        data = bytearray()
+        async for chunk in response.content.iter_chunked(_CHUNK):
+            data += chunk
+            if len(data) > limit:
+                raise ItemError(
+                    ErrorCode.IMAGE_TOO_LARGE, f"{url[:200]} is over {limit:,} bytes (stopped)"
+                )
+        return bytes(data)
