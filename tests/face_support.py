@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from consumers.encoders.deepface_env import WEIGHTS_SUBDIR
 from consumers.encoders.weights import random_model_dir
 from loadtest.face_bench import two_face_photo
 
-__all__ = ["random_deepface_home", "two_face_photo"]
+__all__ = ["face_model_cache", "random_deepface_home", "two_face_photo"]
+
+
+def face_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model cache for every face test module of a session: the random weights are
+    built once (calibrating them takes seconds on a busy CPU)."""
+    folder = tmp_path_factory.getbasetemp() / "face-models"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def random_deepface_home(model_cache: Path) -> Path:

@@ -16,13 +16,13 @@ from consumers.encoders.face import FaceEncoder
 from consumers.errors import ModelLoadError
 from consumers.settings import DecodeSettings, FaceSettings, Settings
 from loadtest import face_bench
-from tests.face_support import random_deepface_home, two_face_photo
+from tests.face_support import face_model_cache, random_deepface_home, two_face_photo
 from tests.helpers import jpeg, sample_jpeg
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
+    return face_model_cache(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

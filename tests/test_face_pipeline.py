@@ -23,7 +23,7 @@ from consumers.settings import (
 from consumers.stack import Broker, create_topics
 from schemas.events import ErrorCode, Status, TaskResult
 from schemas.topics import Topics
-from tests.face_support import random_deepface_home, two_face_photo
+from tests.face_support import face_model_cache, random_deepface_home, two_face_photo
 from tests.helpers import collect, event, jpeg, produce_events, sample_jpeg
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("face-models")
+    return face_model_cache(tmp_path_factory)
 
 
 @pytest.fixture

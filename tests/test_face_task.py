@@ -15,13 +15,13 @@ from consumers.store import VectorStore
 from consumers.tasks.base import Job
 from consumers.tasks.face import FaceJob, FaceTask, image_of
 from schemas.events import Face
-from tests.face_support import random_deepface_home
+from tests.face_support import face_model_cache, random_deepface_home
 from tests.helpers import event, sample_jpeg
 
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory: pytest.TempPathFactory) -> FaceEncoder:
-    cache = tmp_path_factory.mktemp("models")
+    cache = face_model_cache(tmp_path_factory)
     settings = Settings(
         _env_file=None,
         face=FaceSettings(model="GhostFaceNet", deepface_home=random_deepface_home(cache)),
