@@ -35,8 +35,9 @@ DEV_FALLBACKS = {
     "caption": "random:blip-base",
 }
 # Off by default (a production consumer needs real weights only where faces are wanted),
-# on in the embedded stack.
-DEV_TASKS = ("face",)
+# on in the embedded stack. Labels share the clip task's model, so they cost one more
+# image-tower pass and show on the demo page; captions stay off (seconds per image on a CPU).
+DEV_TASKS = ("face", "labels")
 # Tansu answers a group join after half the session timeout; 6 s keeps start-up quick.
 DEV_KAFKA = {"SESSION_TIMEOUT_MS": "6000", "HEARTBEAT_INTERVAL_MS": "1000"}
 
@@ -112,6 +113,7 @@ async def up(settings: Settings, tasks: Sequence[str] | None, runtime_dir: Path)
                 print(f"milvus     {live.milvus.uri}")
                 print(f"topics     {topics.images} -> {topics.results}")
                 print(f"gateway    {gateway.url}  (OpenAPI {gateway.url}/docs)")
+                print(f"demo page  {gateway.url}/demo")
                 if live.legacy.polling_url:
                     print(f"legacy     polling {live.legacy.polling_url}")
                 print(f"env        {STACK_ENV} (read by imagestream ingest)")

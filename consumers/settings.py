@@ -171,7 +171,7 @@ class ClipHeadSettings(TaskSettings):
 class LabelsSettings(ClipHeadSettings):
     """Zero-shot labels in the stream (seed 001), over a set from ``zero_shot``."""
 
-    enabled: bool = Field(default=False, description="Off unless enabled (`make run` enables it).")
+    enabled: bool = Field(default=False, description="Off unless enabled (`imagestream up` does).")
     label_set: str | None = Field(default=None, description="Default: zero_shot.default_set.")
     top_k: int | None = Field(default=None, ge=1, description="Default: zero_shot.top_k.")
 

@@ -180,4 +180,7 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every answer has an id
     install_error_handlers(app)
     app.include_router(router)
+    from consumers.gateway.demo import router as demo  # imports this module: not at the top
+
+    app.include_router(demo)  # GET /demo (the demo page), POST /v1/search
     return app

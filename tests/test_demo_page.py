@@ -1,0 +1,161 @@
+"""The gateway's demo page in a real headless Chromium (Debian's chromium + chromedriver).
+
+The whole path is live: the page uploads through the gateway, the consumers (clip,
+labels, caption, face on tiny random weights) answer through Tansu, moto and milvus-lite,
+and the page draws the results; then it searches by text. The test saves a screenshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from consumers.gateway.server import running_gateway
+from consumers.launcher import running_consumers
+from consumers.settings import (
+    CaptionSettings,
+    ClipSettings,
+    FaceSettings,
+    GatewaySettings,
+    KafkaSettings,
+    LabelsSettings,
+    MetricsSettings,
+    MilvusSettings,
+    S3Settings,
+    Settings,
+)
+from consumers.stack import Broker, create_topics
+from schemas.topics import Topics
+from tests.face_support import random_deepface_home, two_face_photo
+from tests.helpers import jpeg
+
+pytestmark = pytest.mark.integration
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+TASKS = ["clip", "labels", "caption", "face"]  # all enabled: the page asks for every one
+# Where the screenshot is kept after the run (pytest's tmp folders are pruned).
+SCREENSHOT = Path(os.environ.get("IMAGESTREAM_SCREENSHOT_DIR", "build/screenshots")) / "demo.png"
+
+
+@pytest.fixture
+async def settings(
+    kafka_broker: Broker, s3_server: S3Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    await create_topics(kafka_broker.bootstrap_servers, Topics(prefix).all(), partitions=2)
+    root = tmp_path_factory.mktemp("demo")
+    tiny = {"model": "random:tiny", "device": "cpu", "batch_timeout_ms": 50}
+    return Settings(
+        _env_file=None,
+        kafka=KafkaSettings(
+            bootstrap_servers=kafka_broker.bootstrap_servers,
+            topic_prefix=prefix,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+        ),
+        s3=s3_server,
+        milvus=MilvusSettings(uri=str(root / "milvus.db")),
+        metrics=MetricsSettings(port=0),
+        gateway=GatewaySettings(port=0, request_timeout_s=60),
+        clip=ClipSettings(**tiny),
+        labels=LabelsSettings(enabled=True),
+        caption=CaptionSettings(enabled=True, max_new_tokens=8, min_size=32, **tiny),
+        face=FaceSettings(
+            enabled=True, deepface_home=random_deepface_home(root / "models"), device="cpu"
+        ),
+        model_cache_dir=root / "models",
+    )
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.fail("chromium and chromium-driver are missing: `make install` installs them")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tempfile.mkdtemp(prefix="imagestream-chromium-")
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        "--window-size=1200,1100",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    # An explicit driver path: Selenium Manager would try to download one.
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _use_the_page(driver: object, url: str, photo: Path) -> dict[str, str]:
+    """What a person does on the page; returns what it then shows. Blocking (Selenium)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert isinstance(driver, WebDriver)
+    wait = WebDriverWait(driver, 90)
+    driver.get(f"{url}/demo")
+    driver.find_element(By.ID, "file").send_keys(str(photo))
+    driver.find_element(By.ID, "analyse").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "done"))
+    driver.find_element(By.ID, "query").send_keys("two people")
+    driver.find_element(By.ID, "search-button").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "search-status"), "image(s)"))
+    wait.until(
+        lambda d: d.execute_script("return [...document.images].every((img) => img.complete)")
+    )
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(SCREENSHOT))
+    shown = {
+        name: driver.find_element(By.ID, name).text
+        for name in ("status", "caption", "labels", "faces", "similar", "search-results")
+    }
+    shown["analysed"] = driver.execute_script("return document.body.dataset.analysed")
+    shown["boxes"] = driver.execute_script(
+        "return document.getElementById('preview').dataset.faces"
+    )
+    return shown
+
+
+async def test_the_demo_page_shows_every_task_and_searches_by_text(
+    settings: Settings, browser: object, tmp_path: Path
+) -> None:
+    photo = tmp_path / "two-faces.jpg"
+    photo.write_bytes(jpeg(two_face_photo()))
+    async with (
+        running_consumers(settings, TASKS),
+        running_gateway(settings, any_port_if_busy=True) as gateway,
+    ):
+        shown = await asyncio.to_thread(_use_the_page, browser, gateway.url, photo)
+
+    assert "done: 4 task(s)" in shown["status"], shown["status"]
+    assert "failed" not in shown["status"]
+    assert shown["caption"] not in ("", "-", "(empty)", "(caption task off)")
+    assert len(shown["labels"].splitlines()) == settings.zero_shot.top_k
+    assert shown["faces"] == "2 face(s)"
+    assert shown["boxes"] == "2"  # drawn on the preview
+    # The uploaded image is the only one, so text search ranks exactly it.
+    assert shown["analysed"] in shown["search-results"]
+    png = SCREENSHOT.read_bytes()
+    assert png.startswith(b"\x89PNG")
+    assert len(png) > 10_000
