@@ -12,6 +12,7 @@ from PIL import Image
 from rich.console import Console
 
 from consumers.cli import _parser
+from loadtest import gpu_bench
 from loadtest.cli import loadtest_command
 from loadtest.config import LoadtestConfig
 from loadtest.run import loadtest
@@ -49,6 +50,18 @@ def test_the_cli_routes_loadtest_to_its_handler() -> None:
     args = _parser().parse_args(["loadtest", "-n", "5", "--model", "random:tiny"])
     assert args.handler is loadtest_command
     assert (args.images, args.model, args.batch, args.milvus) == (5, "random:tiny", 32, "lite")
+
+
+def test_the_gpu_bench_script_runs_on_the_cpu_with_a_tiny_model(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--models", "tiny", "--batch", "4", "--batches", "1", "--distinct", "4"]
+    assert gpu_bench.main([*argv, "--device", "cpu", "--dtype", "fp32", "--threads", "2"]) == 0
+    environment, figures = map(json.loads, capsys.readouterr().out.splitlines())
+    assert environment["device"] == "cpu"
+    assert figures["model"] == "tiny"
+    assert figures["encode images/s"] > 0
+    assert figures["cpu_decode+encode images/s"] > 0  # Pillow path; nvJPEG needs CUDA
 
 
 @pytest.mark.integration
