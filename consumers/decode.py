@@ -51,9 +51,7 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
 )
 
 
-def decode_image(
-    data: bytes, settings: DecodeSettings, min_side: int | None = None
-) -> Image.Image:
+def decode_image(data: bytes, settings: DecodeSettings, min_side: int | None = None) -> Image.Image:
     """Decode ``data`` to an RGB image whose longest side is at most ``settings.max_side``.
 
     ``min_side`` is what the consumer of the image needs on its shortest side (an encoder
