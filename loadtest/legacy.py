@@ -5,28 +5,29 @@ every 2 s while empty), download ``s3_path`` over HTTP to a file in 8 KiB chunks
 it with PIL, one CLIP forward for one image (the seed runs the full model with the text
 ``"three"``, so the text tower runs too), add the vector to the store (Milvus here,
 ChromaDB then), query the top 20, ``GET img_callback_url`` with ``{"result": [[ids]]}``,
-then sleep 5 s. The backend is a small HTTP server on 127.0.0.1 holding a job queue and
-recording callbacks; it serves a job per poll, so the loop never waits for work.
+then sleep 5 s. The backend is the project's legacy backend emulator
+(``consumers/legacy/emulator.py``) on 127.0.0.1, loaded with every job up front, so the
+loop never waits for work. The loop runs in a worker thread; the emulator answers it
+from the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import queue
-import threading
 import time
 import urllib.request
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from consumers.encoders.clip import ClipEncoder
-from consumers.stack import HOST
+from consumers.legacy.emulator import LegacyBackend
 from consumers.store import VectorRow, VectorStore
 from loadtest.consumer import self_cpu_seconds
 from loadtest.stats import percentiles
@@ -36,68 +37,20 @@ N_RESULTS = 20
 POLL_RETRY_S = 2.0
 
 
-class LegacyBackend:
-    """``GET /{model}`` pops a job (``{}`` when none); ``GET /callback/{id}`` records its body."""
-
-    def __init__(self, jobs: Sequence[tuple[str, str]]) -> None:
-        self.jobs: queue.Queue[tuple[str, str]] = queue.Queue()
-        for job in jobs:
-            self.jobs.put(job)
-        self.callbacks: dict[str, Any] = {}
-        backend = self
-
-        class Handler(BaseHTTPRequestHandler):
-            handler_backend: ClassVar[LegacyBackend] = backend
-
-            def do_GET(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                answer = self.handler_backend.answer(self.path, body)
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: object) -> None:
-                """One line per poll would flood the output."""
-
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
-        threading.Thread(target=self.server.serve_forever, name="legacy", daemon=True).start()
-
-    @property
-    def polling_url(self) -> str:
-        return f"http://{HOST}:{self.server.server_port}"
-
-    def answer(self, path: str, body: bytes) -> dict[str, Any]:
-        if path.startswith("/callback/"):
-            self.callbacks[path.removeprefix("/callback/")] = json.loads(body or b"null")
-            return {}
-        try:
-            job_id, url = self.jobs.get_nowait()
-        except queue.Empty:
-            return {}
-        callback = f"{self.polling_url}/callback/{job_id}"
-        return {"id": job_id, "s3_path": url, "img_callback_url": callback}
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _get_json(url: str, body: Any = None) -> Any:
+def _get(url: str, body: Any = None) -> bytes:
+    """``GET`` (with a JSON body for callbacks, as the seed's ``requests.get(url, json=...)``)."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method="GET")
     request.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"null")
+        return bytes(response.read())
 
 
 def _get_non_empty(url: str) -> dict[str, Any]:
     while True:
-        answer = _get_json(url)
-        if answer:
-            return dict(answer)
+        answer = _get(url)
+        if answer.strip():
+            return dict(json.loads(answer))
         time.sleep(POLL_RETRY_S)
 
 
@@ -131,24 +84,25 @@ def one_job(encoder: ClipEncoder, store: VectorStore, polling_url: str, workdir:
     job_id = str(job["id"])
     store.upsert([VectorRow(id=job_id, image_id=job_id, uri=job["s3_path"], vector=vector)])
     hits = store.search(vector[None, :], N_RESULTS)
-    _get_json(job["img_callback_url"], {"result": [[key for key, _ in hits[0]]]})
+    _get(job["img_callback_url"], {"result": [[key for key, _ in hits[0]]]})
 
 
 def run_loop(
     encoder: ClipEncoder,
     store: VectorStore,
-    backend: LegacyBackend,
+    polling_url: str,
+    workdir: Path,
     iterations: int,
     sleep_s: float,
-    workdir: Path,
 ) -> dict[str, Any]:
     """``iterations`` (at least one) turns of the loop; images/s over the whole time,
     sleeps included."""
+    workdir.mkdir(parents=True, exist_ok=True)
     work: list[float] = []
     started, cpu = time.perf_counter(), self_cpu_seconds()
     for _ in range(iterations):
         start = time.perf_counter()
-        one_job(encoder, store, backend.polling_url, workdir)
+        one_job(encoder, store, polling_url, workdir)
         work.append(time.perf_counter() - start)
         time.sleep(sleep_s)
     elapsed, cpu = time.perf_counter() - started, self_cpu_seconds() - cpu
@@ -164,7 +118,7 @@ def run_loop(
     }
 
 
-def legacy_baseline(
+async def legacy_baseline(
     encoder: ClipEncoder,
     store: VectorStore,
     urls: Sequence[str],
@@ -175,20 +129,18 @@ def legacy_baseline(
     workdir: Path,
 ) -> dict[str, Any]:
     """One untimed warm-up job, then the loop without its sleep, then with it."""
-    total = 1 + iterations + sleep_iterations
-    jobs = [(f"legacy-{i:06d}", urls[i % len(urls)]) for i in range(total)]
-    backend = LegacyBackend(jobs)
-    workdir.mkdir(parents=True, exist_ok=True)
+    backend = await LegacyBackend().start()
     try:
-        run_loop(encoder, store, backend, 1, 0.0, workdir)
-        no_sleep = run_loop(encoder, store, backend, iterations, 0.0, workdir)
+        for i in range(1 + iterations + sleep_iterations):
+            backend.add_job(MODEL_NAME, f"legacy-{i:06d}", urls[i % len(urls)])
+        loop = partial(run_loop, encoder, store, backend.url, workdir)
+        await asyncio.to_thread(loop, 1, 0.0)
+        no_sleep = await asyncio.to_thread(loop, iterations, 0.0)
         with_sleep = (
-            run_loop(encoder, store, backend, sleep_iterations, sleep_s, workdir)
-            if sleep_iterations
-            else None
+            await asyncio.to_thread(loop, sleep_iterations, sleep_s) if sleep_iterations else None
         )
     finally:
-        backend.close()
+        await backend.stop()
     return {
         "no_sleep": no_sleep,
         "with_sleep": with_sleep,

@@ -27,6 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
+from consumers.encoders.base import Encoder
 from consumers.encoders.clip import ClipEncoder
 from consumers.launcher import DEV_KAFKA
 from consumers.s3 import S3Store
@@ -91,27 +92,29 @@ async def _milvus(config: LoadtestConfig, runtime: Path) -> AsyncIterator[str]:
         yield config.milvus
 
 
-def _encoder_benchmarks(
-    settings: Settings, config: LoadtestConfig, urls: list[str], runtime: Path
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Bare encoder, then the legacy loop with the same loaded model (blocking)."""
+def _bare(settings: Settings, config: LoadtestConfig) -> tuple[Encoder, dict[str, Any]]:
+    """The bare encoder benchmark (blocking); the loaded encoder serves the legacy loop."""
     encoder = bare_bench.load_encoder(settings, TASK)
     tensors = bare_bench.prepare(encoder, settings, [photo_jpeg(i) for i in range(config.batch)])
-    bare = bare_bench.bare_benchmark(encoder, tensors, config.bare_batches)
+    return encoder, bare_bench.bare_benchmark(encoder, tensors, config.bare_batches)
+
+
+async def _legacy(
+    encoder: Encoder, config: LoadtestConfig, urls: list[str], runtime: Path
+) -> dict[str, Any] | None:
     if not config.legacy_iterations or not isinstance(encoder, ClipEncoder):
-        return bare, None
+        return None
     milvus = MilvusSettings(uri=str(runtime / "legacy-milvus.db"))
-    with VectorStore(milvus, "legacy_clip", encoder.dim) as store:
-        legacy = legacy_baseline(
-            encoder,
-            store,
-            urls,
-            iterations=config.legacy_iterations,
-            sleep_iterations=config.legacy_sleep_iterations,
-            sleep_s=config.legacy_sleep_s,
+    store = VectorStore(milvus, "legacy_clip", encoder.dim)
+    await asyncio.to_thread(store.open)
+    try:
+        return await legacy_baseline(
+            encoder, store, urls, iterations=config.legacy_iterations,
+            sleep_iterations=config.legacy_sleep_iterations, sleep_s=config.legacy_sleep_s,
             workdir=runtime / "legacy",
-        )
-    return bare, legacy
+        )  # fmt: skip
+    finally:
+        await asyncio.to_thread(store.close)
 
 
 @contextlib.contextmanager
@@ -217,7 +220,9 @@ async def loadtest(config: LoadtestConfig, console: Console | None = None) -> di
         settings = settings_from(env)
         uris, urls = await _upload(settings, config, console)
         console.print("bare encoder benchmark, then the legacy loop (blocking, no progress)")
-        bare, legacy = await asyncio.to_thread(_encoder_benchmarks, settings, config, urls, runtime)
+        encoder, bare = await asyncio.to_thread(_bare, settings, config)
+        legacy = await _legacy(encoder, config, urls, runtime)
+        del encoder  # the consumer loads its own
         async with ConsumerProcess(env, runtime / "consumer.log", [TASK]) as consumer:
             with _bars(console) as bars:
                 phases, cpu = await _phases(settings, config, uris, consumer, stack, bars)
