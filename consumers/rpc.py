@@ -37,6 +37,7 @@ from schemas.topics import Topics
 
 log = logging.getLogger("imagestream.rpc")
 RPC_GROUP = "imagestream-rpc-clip"
+RPC_FETCH_WAIT_MS = 50
 T = TypeVar("T")
 
 
@@ -129,6 +130,8 @@ class EncoderRpc:
             session_timeout_ms=kafka.session_timeout_ms,
             heartbeat_interval_ms=kafka.heartbeat_interval_ms,
             max_poll_interval_ms=kafka.max_poll_interval_ms,
+            # Someone is waiting on each request: do not let an idle fetch sit for 500 ms.
+            fetch_max_wait_ms=RPC_FETCH_WAIT_MS,
             title=f"{topics.rpc}:clip",
             description="Gateway requests (embeddings, zero-shot labels); the reply goes to "
             "the reply_to header's topic with the request's correlation_id.",
