@@ -153,7 +153,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-QUIET_LOGGERS = ("aiokafka", "faiss", "milvus_lite", "faststream.access", "botocore")
+QUIET_LOGGERS = ("aiokafka", "faiss", "milvus_lite", "faststream", "botocore")
 
 
 def configure_logging(level: str) -> None:
