@@ -26,7 +26,6 @@ from time import perf_counter
 from typing import Any, TypeVar
 
 from faststream.kafka import KafkaBroker
-from faststream.middlewares import AckPolicy
 
 from consumers.delivery import BatchHandler, Delivered
 from consumers.metrics import observe_results
@@ -34,6 +33,7 @@ from consumers.records import BadEvent, Record, parse_event
 from consumers.results import Stopwatch, error_result, since
 from consumers.settings import Settings
 from consumers.store import VectorStore
+from consumers.subscribe import batch_subscriber
 from consumers.tasks.base import ImageTask, strip_tenant, vector_id
 from schemas.events import Neighbor, Status, TaskResult, TextQuery, dump, result_id
 from schemas.topics import Topics
@@ -49,28 +49,18 @@ class TextSearch:
     def __init__(
         self, broker: KafkaBroker, topics: Topics, settings: Settings, results: Any, stopping: Any
     ) -> None:
-        from consumers.service import raw_values  # built from the service's constructor
-
         self.results = results
         self._bound: tuple[Any, VectorStore, Executor, Executor] | None = None
-        options, kafka = settings.search, settings.kafka
         self.handler = BatchHandler(
             TASK, self.process, self._publish, settings.delivery, stopping, model=self._model
         )
-        subscriber = broker.subscriber(
+        subscriber = batch_subscriber(
+            broker,
             topics.queries,
-            group_id=options.group_id or f"imagestream-{TASK}",
-            batch=True,
-            max_records=options.max_records,
-            batch_timeout_ms=options.batch_timeout_ms,
-            ack_policy=AckPolicy.MANUAL,
-            decoder=raw_values,
-            auto_offset_reset=kafka.auto_offset_reset,
-            session_timeout_ms=kafka.session_timeout_ms,
-            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
-            max_poll_interval_ms=kafka.max_poll_interval_ms,
+            TASK,
+            settings.search,
+            settings.kafka,
             listener=self.handler.listener,
-            title=f"{topics.queries}:{TASK}",
             description="Text-to-image search over the CLIP image collection; one TaskResult "
             "(task search, image_id = query_id) per query.",
         )

@@ -17,7 +17,6 @@ from time import perf_counter
 from typing import Any
 
 from faststream.kafka import KafkaBroker
-from faststream.middlewares import AckPolicy
 
 from consumers.delivery import BatchHandler, Delivered
 from consumers.dlq import dead_letter
@@ -31,17 +30,12 @@ from consumers.s3 import S3Store
 from consumers.search import TextSearch
 from consumers.settings import Settings
 from consumers.store import VectorStore
+from consumers.subscribe import batch_subscriber
 from consumers.tasks import task_class
 from schemas.events import ImageSubmitted, TaskResult, dump
 from schemas.topics import Topics
 
 log = logging.getLogger("imagestream.consumer")
-
-
-async def raw_values(msg: Any) -> list[bytes]:
-    """Hand the handler the raw bytes: a malformed event must become an error result,
-    not a decoding exception that fails the whole batch."""
-    return [record.value or b"" for record in msg.raw_message]
 
 
 class ConsumerService:
@@ -87,8 +81,6 @@ class ConsumerService:
         )
 
     def _subscribe(self, task: str) -> None:
-        task_settings = self.settings.task(task)
-        kafka = self.settings.kafka
         handler = self.handlers[task] = BatchHandler(
             task,
             partial(self._process, task),
@@ -97,20 +89,13 @@ class ConsumerService:
             self.stopping,
             model=lambda: self.pipelines[task].task.model_name,
         )
-        subscriber = self.broker.subscriber(
+        subscriber = batch_subscriber(
+            self.broker,
             self.topics.images,
-            group_id=task_settings.group_id or f"imagestream-{task}",
-            batch=True,
-            max_records=task_settings.max_records,
-            batch_timeout_ms=task_settings.batch_timeout_ms,
-            ack_policy=AckPolicy.MANUAL,
-            decoder=raw_values,
-            auto_offset_reset=kafka.auto_offset_reset,
-            session_timeout_ms=kafka.session_timeout_ms,
-            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
-            max_poll_interval_ms=kafka.max_poll_interval_ms,
+            task,
+            self.settings.task(task),
+            self.settings.kafka,
             listener=handler.listener,
-            title=f"{self.topics.images}:{task}",
             description=f"The {task} task's consumer group.",
         )
 

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from PIL import Image
 
 from consumers.kafka import client_kwargs
+from consumers.s3 import S3Store
 from consumers.settings import Settings
 from schemas.events import ImageSubmitted, TaskResult, dump
 from schemas.topics import Topics
@@ -33,6 +34,13 @@ def event(image_id: str, uri: str, **fields: object) -> ImageSubmitted:
     return ImageSubmitted.model_validate(
         {"event_id": uuid.uuid4().hex, "image_id": image_id, "uri": uri, **fields}
     )
+
+
+async def upload(settings: Settings, objects: dict[str, bytes], bucket: str | None = None) -> None:
+    """Put ``objects`` (key -> bytes) into ``bucket``, the configured bucket by default."""
+    async with S3Store(settings.s3) as s3:
+        for key, data in objects.items():
+            await s3.put(bucket or settings.s3.bucket, key, data)
 
 
 async def produce(settings: Settings, messages: Sequence[tuple[bytes, bytes]]) -> None:

@@ -24,26 +24,52 @@ from schemas.topics import Topics
 from tests.helpers import jpeg
 
 
-async def clip_only_settings(
-    bootstrap_servers: str, s3: S3Settings, folder: Path, **sections: Any
+async def stack_settings(
+    bootstrap_servers: str,
+    s3: S3Settings,
+    milvus_dir: Path,
+    model_cache: Path,
+    *,
+    partitions: int = 2,
+    tag: str = "t",
+    kafka: dict[str, Any] | None = None,
+    **sections: Any,
 ) -> Settings:
-    """random:tiny CLIP on the CPU, every other task disabled, topics under a new prefix."""
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    await create_topics(bootstrap_servers, Topics(prefix).all(), partitions=2)
-    settings = Settings(
+    """Settings against the session's broker and S3 under a new topic prefix (``tag`` + hex),
+    its topics created; quick group timeouts, metrics on a free port and random:tiny CLIP
+    on the CPU unless ``sections`` say otherwise; ``kafka`` adds KafkaSettings fields."""
+    prefix = f"{tag}{uuid.uuid4().hex[:8]}"
+    await create_topics(bootstrap_servers, Topics(prefix).all(), partitions=partitions)
+    defaults: dict[str, Any] = {
+        "metrics": MetricsSettings(port=0),
+        "clip": ClipSettings(model="random:tiny", device="cpu", max_records=16),
+    }
+    return Settings(
         _env_file=None,
         kafka=KafkaSettings(
             bootstrap_servers=bootstrap_servers,
             topic_prefix=prefix,
             session_timeout_ms=6000,
             heartbeat_interval_ms=1000,
-            max_poll_interval_ms=60_000,
+            **(kafka or {}),
         ),
         s3=s3,
-        milvus=MilvusSettings(uri=str(folder / "milvus.db")),
-        metrics=MetricsSettings(port=0),
-        clip=ClipSettings(model="random:tiny", device="cpu", max_records=16),
-        model_cache_dir=folder.parent / "models",
+        milvus=MilvusSettings(uri=str(milvus_dir / "milvus.db")),
+        model_cache_dir=model_cache,
+        **(defaults | sections),
+    )
+
+
+async def clip_only_settings(
+    bootstrap_servers: str, s3: S3Settings, folder: Path, **sections: Any
+) -> Settings:
+    """random:tiny CLIP on the CPU, every other task disabled, topics under a new prefix."""
+    settings = await stack_settings(
+        bootstrap_servers,
+        s3,
+        folder,
+        folder.parent / "models",
+        kafka={"max_poll_interval_ms": 60_000},
         **sections,
     )
     others = {

@@ -11,20 +11,12 @@ import pytest
 
 from consumers.ingest import result_reader
 from consumers.launcher import running_consumers
-from consumers.s3 import S3Store
 from consumers.service import ConsumerService
-from consumers.settings import (
-    ClipSettings,
-    KafkaSettings,
-    MetricsSettings,
-    MilvusSettings,
-    S3Settings,
-    Settings,
-)
-from consumers.stack import Broker, create_topics
+from consumers.settings import S3Settings, Settings
+from consumers.stack import Broker
 from schemas.events import ErrorCode, Status, TaskResult
-from schemas.topics import Topics
-from tests.helpers import collect, event, produce, produce_events, sample_jpeg
+from tests.helpers import collect, event, produce, produce_events, sample_jpeg, upload
+from tests.stack_settings import stack_settings
 
 pytestmark = pytest.mark.integration
 GOOD = ("astronaut", "coffee", "camera", "chelsea", "rocket")
@@ -39,21 +31,12 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def settings(
     kafka_broker: Broker, s3_server: S3Settings, tmp_path: Path, model_cache: Path
 ) -> Settings:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    await create_topics(kafka_broker.bootstrap_servers, Topics(prefix).all(), partitions=4)
-    return Settings(
-        _env_file=None,
-        kafka=KafkaSettings(
-            bootstrap_servers=kafka_broker.bootstrap_servers,
-            topic_prefix=prefix,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-        ),
-        s3=s3_server.model_copy(update={"max_object_bytes": 300_000}),
-        milvus=MilvusSettings(uri=str(tmp_path / "milvus.db")),
-        metrics=MetricsSettings(port=0),
-        clip=ClipSettings(model="random:tiny", device="cpu", max_records=16),
-        model_cache_dir=model_cache,
+    return await stack_settings(
+        kafka_broker.bootstrap_servers,
+        s3_server.model_copy(update={"max_object_bytes": 300_000}),
+        tmp_path,
+        model_cache,
+        partitions=4,
     )
 
 
@@ -61,12 +44,6 @@ async def settings(
 async def service(settings: Settings) -> AsyncIterator[ConsumerService]:
     async with running_consumers(settings) as running:
         yield running
-
-
-async def _upload(settings: Settings, objects: dict[str, bytes]) -> None:
-    async with S3Store(settings.s3) as s3:
-        for key, data in objects.items():
-            await s3.put(settings.s3.bucket, key, data)
 
 
 def _by_image(results: list[TaskResult]) -> dict[str, TaskResult]:
@@ -80,7 +57,7 @@ async def test_events_in_results_out_with_bad_input_in_the_same_batch(
     objects = {f"{run}/{name}.jpg": sample_jpeg(name) for name in GOOD}
     objects[f"{run}/page.jpg"] = b"<html><body>not an image</body></html>"
     objects[f"{run}/big.jpg"] = os.urandom(400_000)
-    await _upload(settings, objects)
+    await upload(settings, objects)
     uri = f"s3://{settings.s3.bucket}/{run}"
     events = [event(name, f"{uri}/{name}.jpg", top_k=3) for name in GOOD]
     events += [
@@ -131,7 +108,7 @@ async def test_exact_duplicate_under_a_new_id_finds_the_original_first(
 ) -> None:
     key = f"{uuid.uuid4().hex[:6]}/astronaut.jpg"
     others = {f"{key}.{name}.jpg": sample_jpeg(name) for name in ("coffee", "camera")}
-    await _upload(settings, {key: sample_jpeg("astronaut"), **others})
+    await upload(settings, {key: sample_jpeg("astronaut"), **others})
     bucket = settings.s3.bucket
     first = [event("original", f"s3://{bucket}/{key}")]
     first += [event(k.rsplit(".", 2)[-2], f"s3://{bucket}/{k}") for k in others]
@@ -151,7 +128,7 @@ async def test_redelivered_event_yields_the_same_result_id_and_one_vector(
     settings: Settings, service: ConsumerService
 ) -> None:
     key = f"{uuid.uuid4().hex[:6]}/rocket.jpg"
-    await _upload(settings, {key: sample_jpeg("rocket")})
+    await upload(settings, {key: sample_jpeg("rocket")})
     submitted = event("rocket-1", f"s3://{settings.s3.bucket}/{key}")
     async with result_reader(settings) as reader:
         # One batch after the other: within one batch a repeated event id is processed once.

@@ -11,7 +11,6 @@ import asyncio
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,17 +23,14 @@ from consumers.settings import (
     ClipSettings,
     FaceSettings,
     GatewaySettings,
-    KafkaSettings,
     LabelsSettings,
-    MetricsSettings,
-    MilvusSettings,
     S3Settings,
     Settings,
 )
-from consumers.stack import Broker, create_topics
-from schemas.topics import Topics
+from consumers.stack import Broker
 from tests.face_support import random_deepface_home, two_face_photo
 from tests.helpers import jpeg
+from tests.stack_settings import stack_settings
 
 pytestmark = pytest.mark.integration
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -47,21 +43,13 @@ SCREENSHOT = Path(os.environ.get("IMAGESTREAM_SCREENSHOT_DIR", "build/screenshot
 async def settings(
     kafka_broker: Broker, s3_server: S3Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    await create_topics(kafka_broker.bootstrap_servers, Topics(prefix).all(), partitions=2)
     root = tmp_path_factory.mktemp("demo")
     tiny = {"model": "random:tiny", "device": "cpu", "batch_timeout_ms": 50}
-    return Settings(
-        _env_file=None,
-        kafka=KafkaSettings(
-            bootstrap_servers=kafka_broker.bootstrap_servers,
-            topic_prefix=prefix,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-        ),
-        s3=s3_server,
-        milvus=MilvusSettings(uri=str(root / "milvus.db")),
-        metrics=MetricsSettings(port=0),
+    return await stack_settings(
+        kafka_broker.bootstrap_servers,
+        s3_server,
+        root,
+        root / "models",
         gateway=GatewaySettings(port=0, request_timeout_s=60),
         clip=ClipSettings(**tiny),
         labels=LabelsSettings(enabled=True),
@@ -69,7 +57,6 @@ async def settings(
         face=FaceSettings(
             enabled=True, deepface_home=random_deepface_home(root / "models"), device="cpu"
         ),
-        model_cache_dir=root / "models",
     )
 
 

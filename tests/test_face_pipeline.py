@@ -10,21 +10,13 @@ import pytest
 
 from consumers.ingest import result_reader
 from consumers.launcher import running_consumers
-from consumers.s3 import S3Store
 from consumers.service import ConsumerService
-from consumers.settings import (
-    FaceSettings,
-    KafkaSettings,
-    MetricsSettings,
-    MilvusSettings,
-    S3Settings,
-    Settings,
-)
-from consumers.stack import Broker, create_topics
+from consumers.settings import FaceSettings, S3Settings, Settings
+from consumers.stack import Broker
 from schemas.events import ErrorCode, Status, TaskResult
-from schemas.topics import Topics
 from tests.face_support import face_model_cache, random_deepface_home, two_face_photo
-from tests.helpers import collect, event, jpeg, produce_events, sample_jpeg
+from tests.helpers import collect, event, jpeg, produce_events, sample_jpeg, upload
+from tests.stack_settings import stack_settings
 
 pytestmark = pytest.mark.integration
 
@@ -38,19 +30,11 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def settings(
     kafka_broker: Broker, s3_server: S3Settings, tmp_path: Path, model_cache: Path
 ) -> Settings:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    await create_topics(kafka_broker.bootstrap_servers, Topics(prefix).all(), partitions=2)
-    return Settings(
-        _env_file=None,
-        kafka=KafkaSettings(
-            bootstrap_servers=kafka_broker.bootstrap_servers,
-            topic_prefix=prefix,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-        ),
-        s3=s3_server,
-        milvus=MilvusSettings(uri=str(tmp_path / "milvus.db")),
-        metrics=MetricsSettings(port=0),
+    return await stack_settings(
+        kafka_broker.bootstrap_servers,
+        s3_server,
+        tmp_path,
+        model_cache,
         # The production path: a DeepFace model name and a DEEPFACE_HOME holding its file.
         face=FaceSettings(
             model="GhostFaceNet",
@@ -58,7 +42,6 @@ async def settings(
             device="cpu",
             max_records=16,
         ),
-        model_cache_dir=model_cache,
     )
 
 
@@ -78,9 +61,7 @@ async def test_every_face_stored_and_the_same_face_found_in_the_other_photo(
         f"{run}/coffee.jpg": sample_jpeg("coffee"),
         f"{run}/page.jpg": b"<html>not an image</html>",
     }
-    async with S3Store(settings.s3) as s3:
-        for key, data in objects.items():
-            await s3.put(settings.s3.bucket, key, data)
+    await upload(settings, objects)
     uri = f"s3://{settings.s3.bucket}/{run}"
     first = [
         event("astro-1", f"{uri}/astronaut.jpg"),

@@ -21,23 +21,15 @@ from consumers.cli import main
 from consumers.dlq import DLQ_CODES, dlq_headers
 from consumers.ingest import result_reader
 from consumers.launcher import running_consumers
-from consumers.s3 import S3Store
 from consumers.service import ConsumerService
-from consumers.settings import (
-    ClipSettings,
-    DeliverySettings,
-    KafkaSettings,
-    MetricsSettings,
-    MilvusSettings,
-    S3Settings,
-    Settings,
-)
-from consumers.stack import Broker, create_topics
+from consumers.settings import ClipSettings, DeliverySettings, MilvusSettings, S3Settings, Settings
+from consumers.stack import Broker
 from schemas.events import Status, TaskResult, TextQuery
 from schemas.topics import Topics
-from tests.helpers import collect, produce
+from tests.helpers import collect, produce, upload
 from tests.hostile_corpus import BUCKET, MAX_OBJECT_BYTES, MISSING_BUCKET, build, text_query_cases
 from tests.kafka_checks import read_all, wait_until_committed
+from tests.stack_settings import stack_settings
 
 pytestmark = pytest.mark.integration
 S3_SECRET = f"s3-secret-{uuid.uuid4().hex}"
@@ -52,37 +44,26 @@ async def settings(
     model_cache: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
-    prefix = f"h{uuid.uuid4().hex[:8]}"
-    await create_topics(kafka_broker.bootstrap_servers, Topics(prefix).all(), partitions=4)
-    return Settings(
-        _env_file=None,
-        kafka=KafkaSettings(
-            bootstrap_servers=kafka_broker.bootstrap_servers,
-            topic_prefix=prefix,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-            sasl_username="imagestream",
-            sasl_password=SecretStr(SASL_SECRET),  # configured, unused on PLAINTEXT
-        ),
-        s3=s3_server.model_copy(
+    return await stack_settings(
+        kafka_broker.bootstrap_servers,
+        s3_server.model_copy(
             update={
                 "allowed_buckets": [BUCKET, MISSING_BUCKET],
                 "max_object_bytes": MAX_OBJECT_BYTES,
                 "secret_access_key": SecretStr(S3_SECRET),  # moto accepts any
             }
         ),
-        milvus=MilvusSettings(uri=str(tmp_path_factory.mktemp("hostile") / "milvus.db")),
-        metrics=MetricsSettings(port=0),
+        tmp_path_factory.mktemp("hostile"),
+        model_cache,
+        partitions=4,
+        tag="h",
+        kafka={
+            "sasl_username": "imagestream",
+            "sasl_password": SecretStr(SASL_SECRET),  # configured, unused on PLAINTEXT
+        },
         clip=ClipSettings(model="random:tiny", device="cpu", max_records=64),
         delivery=DeliverySettings(retry_delays_s=[0.2, 0.5], replay_pause_s=0.5),
-        model_cache_dir=model_cache,
     )
-
-
-async def _upload(settings: Settings, objects: dict[str, bytes]) -> None:
-    async with S3Store(settings.s3) as s3:
-        for key, data in objects.items():
-            await s3.put(BUCKET, key, data)
 
 
 def _outcome(results: list[TaskResult]) -> str:
@@ -117,7 +98,7 @@ async def _run_corpus(
 ) -> None:
     run = uuid.uuid4().hex[:6]
     cases = build(run)
-    await _upload(settings, {k: v for case in cases for k, v in case.objects.items()})
+    await upload(settings, {k: v for case in cases for k, v in case.objects.items()}, BUCKET)
     expected = sum(case.results for case in cases)
     async with result_reader(settings) as reader:
         await produce(settings, [record for case in cases for record in case.records])
@@ -210,7 +191,7 @@ async def _replay_after_fix(settings: Settings, capsys: pytest.CaptureFixture[st
         (first,) = await _results_for(reader, f"late-{run}", 1)
         assert first.error is not None
         assert first.error.code.value == "object_not_found"
-        await _upload(settings, {key: build(run)[0].objects[f"{run}/good-a.jpg"]})
+        await upload(settings, {key: build(run)[0].objects[f"{run}/good-a.jpg"]}, BUCKET)
         capsys.readouterr()
         assert await _cli("dlq", "replay", "--code", "object_not_found", "--dry-run") == 0
         listed = capsys.readouterr().out

@@ -19,7 +19,6 @@ from consumers.cli import _parser
 from consumers.ingest import publish, result_reader, wait_for_results
 from consumers.labels import shared_label_sets
 from consumers.launcher import running_consumers
-from consumers.s3 import S3Store
 from consumers.search import search_text
 from consumers.service import ConsumerService
 from consumers.settings import (
@@ -27,17 +26,15 @@ from consumers.settings import (
     ClassifySettings,
     ClipSettings,
     Dinov2Settings,
-    KafkaSettings,
     LabelsSettings,
-    MetricsSettings,
-    MilvusSettings,
     S3Settings,
     Settings,
 )
-from consumers.stack import Broker, create_topics
+from consumers.stack import Broker
 from schemas.events import ErrorCode, ImageSubmitted, Status, TaskResult
 from schemas.topics import Topics
-from tests.helpers import event, produce_events, sample_jpeg
+from tests.helpers import event, produce_events, sample_jpeg, upload
+from tests.stack_settings import stack_settings
 
 pytestmark = pytest.mark.integration
 
@@ -59,27 +56,18 @@ SAMPLES = ("astronaut", "coffee", "camera", "chelsea")
 async def settings(
     kafka_broker: Broker, s3_server: S3Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    await create_topics(kafka_broker.bootstrap_servers, Topics(prefix).all(), partitions=2)
     root = tmp_path_factory.mktemp("more-tasks")
     tiny = {"model": "random:tiny", "device": "cpu", "batch_timeout_ms": 100}
-    return Settings(
-        _env_file=None,
-        kafka=KafkaSettings(
-            bootstrap_servers=kafka_broker.bootstrap_servers,
-            topic_prefix=prefix,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-        ),
-        s3=s3_server,
-        milvus=MilvusSettings(uri=str(root / "milvus.db")),
-        metrics=MetricsSettings(port=0),
+    return await stack_settings(
+        kafka_broker.bootstrap_servers,
+        s3_server,
+        root,
+        root / "models",
         clip=ClipSettings(**tiny),
         dinov2=Dinov2Settings(enabled=True, **tiny),
         caption=CaptionSettings(enabled=True, max_new_tokens=6, min_size=16, **tiny),
         labels=LabelsSettings(enabled=True),  # model, device: the clip section's
         classify=ClassifySettings(enabled=True, heads_dir=root / "heads"),
-        model_cache_dir=root / "models",
     )
 
 
@@ -94,9 +82,7 @@ async def _submit(
 ) -> dict[str, TaskResult]:
     """Upload sample images under fresh keys; image id -> its result for ``tasks[0]``."""
     run = uuid.uuid4().hex[:6]
-    async with S3Store(settings.s3) as s3:
-        for image_id, sample in images.items():
-            await s3.put(settings.s3.bucket, f"{run}/{image_id}.jpg", sample_jpeg(sample))
+    await upload(settings, {f"{run}/{i}.jpg": sample_jpeg(s) for i, s in images.items()})
     uri = f"s3://{settings.s3.bucket}/{run}"
     events: list[ImageSubmitted] = [
         event(image_id, f"{uri}/{image_id}.jpg", tasks=tasks, **fields) for image_id in images
@@ -217,9 +203,7 @@ async def _ingest_labelled(settings: Settings, run: str) -> dict[str, str]:
         for sample, label in (("chelsea", "cat"), ("coffee", "cup"))
         for i, data in enumerate(_variants(sample))
     }
-    async with S3Store(settings.s3) as s3:
-        for image_id, (_, data) in objects.items():
-            await s3.put(settings.s3.bucket, f"{run}/{image_id}.jpg", data)
+    await upload(settings, {f"{run}/{i}.jpg": data for i, (_, data) in objects.items()})
     uri = f"s3://{settings.s3.bucket}/{run}"
     labelled = [event(i, f"{uri}/{i}.jpg", tasks=["clip"], top_k=0) for i in objects]
     await _deliver(settings, labelled, ["clip"])

@@ -24,19 +24,12 @@ from prometheus_client import REGISTRY
 from consumers.ingest import result_reader, wait_for_results
 from consumers.launcher import running_consumers
 from consumers.metrics import metrics_server
-from consumers.s3 import S3Store
 from consumers.service import ConsumerService
-from consumers.settings import (
-    ClipSettings,
-    KafkaSettings,
-    MetricsSettings,
-    MilvusSettings,
-    S3Settings,
-    Settings,
-)
-from consumers.stack import HOST, Broker, _Server, create_topics, free_port
+from consumers.settings import ClipSettings, MetricsSettings, S3Settings, Settings
+from consumers.stack import HOST, Broker, _Server, free_port
 from schemas.topics import Topics
-from tests.helpers import event, produce_events, sample_jpeg
+from tests.helpers import event, produce_events, sample_jpeg, upload
+from tests.stack_settings import stack_settings
 from tests.test_infra_metric_names import DASHBOARD, _dashboard_exprs
 
 pytestmark = pytest.mark.integration
@@ -113,21 +106,14 @@ class Prometheus(_Server):
 async def settings(
     kafka_broker: Broker, s3_server: S3Settings, tmp_path: Path, model_cache: Path
 ) -> Settings:
-    prefix = f"p{uuid.uuid4().hex[:8]}"
-    await create_topics(kafka_broker.bootstrap_servers, Topics(prefix).all(), partitions=2)
-    return Settings(
-        _env_file=None,
-        kafka=KafkaSettings(
-            bootstrap_servers=kafka_broker.bootstrap_servers,
-            topic_prefix=prefix,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-        ),
-        s3=s3_server,
-        milvus=MilvusSettings(uri=str(tmp_path / "milvus.db")),
+    return await stack_settings(
+        kafka_broker.bootstrap_servers,
+        s3_server,
+        tmp_path,
+        model_cache,
+        tag="p",
         metrics=MetricsSettings(host=HOST, port=free_port(), poll_interval_s=0.5),
         clip=ClipSettings(model="random:tiny", device="cpu", max_records=8),
-        model_cache_dir=model_cache,
     )
 
 
@@ -169,9 +155,7 @@ async def test_readyz_waits_for_models_and_broker(settings: Settings) -> None:
 async def _ingest(settings: Settings, names: list[str], bad: int = 0) -> None:
     run = uuid.uuid4().hex[:6]
     bucket = settings.s3.bucket
-    async with S3Store(settings.s3) as s3:
-        for name in names:
-            await s3.put(bucket, f"{run}/{name}.jpg", sample_jpeg(name))
+    await upload(settings, {f"{run}/{name}.jpg": sample_jpeg(name) for name in names})
     events = [event(f"{run}-{n}", f"s3://{bucket}/{run}/{n}.jpg") for n in names]
     events += [event(f"{run}-gone-{i}", f"s3://{bucket}/{run}/gone-{i}.jpg") for i in range(bad)]
     # Waits for these events' results only: the embedded broker's ListOffsets may place

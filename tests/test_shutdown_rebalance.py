@@ -17,21 +17,13 @@ import numpy as np
 import pytest
 
 from consumers.launcher import running_consumers
-from consumers.s3 import S3Store
-from consumers.settings import (
-    ClipSettings,
-    DeliverySettings,
-    KafkaSettings,
-    MetricsSettings,
-    MilvusSettings,
-    S3Settings,
-    Settings,
-)
-from consumers.stack import Broker, create_topics
+from consumers.settings import DeliverySettings, MilvusSettings, S3Settings, Settings
+from consumers.stack import Broker
 from schemas.events import ImageSubmitted, Status, TaskResult
 from schemas.topics import Topics
-from tests.helpers import event, jpeg, produce_events
+from tests.helpers import event, jpeg, produce_events, upload
 from tests.kafka_checks import offsets, read_all, wait_until_committed
+from tests.stack_settings import stack_settings
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -54,33 +46,23 @@ async def settings(
     model_cache: Path,
     tmp_path: Path,
 ) -> Settings:
-    prefix = f"s{uuid.uuid4().hex[:8]}"
-    await create_topics(kafka_broker.bootstrap_servers, Topics(prefix).all(), partitions=4)
-    return Settings(
-        _env_file=None,
-        kafka=KafkaSettings(
-            bootstrap_servers=kafka_broker.bootstrap_servers,
-            topic_prefix=prefix,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-        ),
-        s3=s3_server.model_copy(update={"endpoint_url": s3_proxy.url, "connect_timeout_s": 1.0}),
-        milvus=MilvusSettings(uri=str(tmp_path / "a" / "milvus.db")),
-        metrics=MetricsSettings(port=0),
-        clip=ClipSettings(model="random:tiny", device="cpu", max_records=16),
+    return await stack_settings(
+        kafka_broker.bootstrap_servers,
+        s3_server.model_copy(update={"endpoint_url": s3_proxy.url, "connect_timeout_s": 1.0}),
+        tmp_path / "a",
+        model_cache,
+        partitions=4,
+        tag="s",
         delivery=DeliverySettings(
             retry_delays_s=[1.0] * 20, replay_pause_s=1.0, graceful_timeout_s=GRACEFUL_S
         ),
-        model_cache_dir=model_cache,
     )
 
 
 async def _events(settings: Settings, count: int) -> list[ImageSubmitted]:
     run = uuid.uuid4().hex[:6]
     pixels = [jpeg(np.full((32, 32, 3), 20 * i, dtype=np.uint8)) for i in range(count)]
-    async with S3Store(settings.s3) as s3:
-        for i, data in enumerate(pixels):
-            await s3.put(settings.s3.bucket, f"{run}/{i}.jpg", data)
+    await upload(settings, {f"{run}/{i}.jpg": data for i, data in enumerate(pixels)})
     return [event(f"{run}-{i}", f"s3://{settings.s3.bucket}/{run}/{i}.jpg") for i in range(count)]
 
 

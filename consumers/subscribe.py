@@ -1,0 +1,46 @@
+"""The batch subscriber every consumer group here uses: manual acks, raw bytes in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+from faststream.middlewares import AckPolicy
+
+from consumers.settings import KafkaSettings, SearchSettings, TaskSettings
+
+
+async def raw_values(msg: Any) -> list[bytes]:
+    """Hand the handler the raw bytes: a malformed event must become an error result,
+    not a decoding exception that fails the whole batch."""
+    return [record.value or b"" for record in msg.raw_message]
+
+
+def batch_subscriber(
+    broker: KafkaBroker,
+    topic: str,
+    name: str,
+    options: TaskSettings | SearchSettings,
+    kafka: KafkaSettings,
+    *,
+    listener: Any,
+    description: str,
+) -> Any:
+    """A subscriber for group ``options.group_id`` (default ``imagestream-<name>``) whose
+    commits the handler makes; ``listener`` sees the group's rebalances."""
+    return broker.subscriber(
+        topic,
+        group_id=options.group_id or f"imagestream-{name}",
+        batch=True,
+        max_records=options.max_records,
+        batch_timeout_ms=options.batch_timeout_ms,
+        ack_policy=AckPolicy.MANUAL,
+        decoder=raw_values,
+        auto_offset_reset=kafka.auto_offset_reset,
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+        max_poll_interval_ms=kafka.max_poll_interval_ms,
+        listener=listener,
+        title=f"{topic}:{name}",
+        description=description,
+    )
