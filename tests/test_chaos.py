@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -43,6 +44,9 @@ from tests.tcp_proxy import TcpProxy
 pytestmark = pytest.mark.integration
 EVENTS, IMAGES, OBJECTS = 2000, 1600, 200
 PRODUCE_S, OUTAGE_S, GRACEFUL_S = 60.0, 20.0, 5.0
+# Produced only once S3 is cut off: a fast consumer may have caught up with the steady
+# stream by then, and the outage must meet work in flight.
+HELD_BACK = 100
 S3_SECRET = f"chaos-s3-{uuid.uuid4().hex}"
 SASL_SECRET = f"chaos-sasl-{uuid.uuid4().hex}"
 
@@ -170,8 +174,10 @@ async def _upload(settings: Settings, run: str) -> None:
         await asyncio.gather(*(one(i) for i in range(OBJECTS)))
 
 
-async def _produce(settings: Settings, events: list[ImageSubmitted]) -> None:
-    """At a steady rate over PRODUCE_S, so that the chaos lands mid-stream."""
+async def _produce(
+    settings: Settings, events: list[ImageSubmitted], over_s: float = PRODUCE_S
+) -> None:
+    """At a steady rate over ``over_s``, so that the chaos lands mid-stream."""
     producer = AIOKafkaProducer(**client_kwargs(settings.kafka), acks="all")
     topic = Topics(settings.kafka.topic_prefix).images
     await producer.start()
@@ -183,7 +189,7 @@ async def _produce(settings: Settings, events: list[ImageSubmitted]) -> None:
                 for e in events[start : start + chunk]
             ]
             await asyncio.gather(*sends)
-            await asyncio.sleep(PRODUCE_S * chunk / len(events))
+            await asyncio.sleep(over_s * chunk / len(events))
     finally:
         await producer.stop()
 
@@ -206,9 +212,9 @@ async def _read_results(settings: Settings, tally: Tally) -> None:
         await consumer.stop()
 
 
-async def _progress(tally: Tally, more: int, timeout_s: float) -> None:
-    """Wait until ``more`` further events have results (the consumer is working)."""
-    target = min(len(tally.ids) + more, EVENTS)
+async def _progress(tally: Tally, more: int, timeout_s: float, cap: int = EVENTS) -> None:
+    """Wait until ``more`` further events (at most ``cap`` in all) have results."""
+    target = min(len(tally.ids) + more, cap)
     deadline = time.monotonic() + timeout_s
     while len(tally.ids) < target:
         assert time.monotonic() < deadline, f"stuck at {len(tally.ids)} events with results"
@@ -216,8 +222,16 @@ async def _progress(tally: Tally, more: int, timeout_s: float) -> None:
 
 
 class Chaos:
-    def __init__(self, consumer: Consumer, proxy: TcpProxy, tally: Tally, seed: int) -> None:
+    def __init__(
+        self,
+        consumer: Consumer,
+        proxy: TcpProxy,
+        tally: Tally,
+        seed: int,
+        held_back: Callable[[], Awaitable[None]],
+    ) -> None:
         self.consumer, self.proxy, self.tally = consumer, proxy, tally
+        self.held_back = held_back
         self.rng = random.Random(seed)
         self.started = time.monotonic()
         self.timeline: list[str] = []
@@ -227,7 +241,7 @@ class Chaos:
 
     async def kill_and_restart(self, after_progress: bool) -> None:
         if after_progress:
-            await _progress(self.tally, 20, timeout_s=120)
+            await _progress(self.tally, 20, timeout_s=120, cap=EVENTS - HELD_BACK)
         await asyncio.sleep(self.rng.uniform(0.2, 4.0))
         self.consumer.kill()
         self.note(f"SIGKILL #{self.consumer.starts} at {len(self.tally.ids)} events with results")
@@ -238,10 +252,12 @@ class Chaos:
         self.note("consumer started")
         await self.kill_and_restart(after_progress=True)
         await self.kill_and_restart(after_progress=True)
-        await _progress(self.tally, 20, timeout_s=120)
+        await _progress(self.tally, 20, timeout_s=120, cap=EVENTS - HELD_BACK)
         await self.proxy.block()
         back = time.monotonic() + OUTAGE_S
         self.note(f"S3 unreachable at {len(self.tally.ids)} events with results")
+        await self.held_back()
+        self.note(f"{HELD_BACK} held-back events produced")
         assert await self.consumer.logged("transient failure", timeout_s=OUTAGE_S - 5)
         # Retries (7.5 s of backoff) normally run out inside the outage: the batch is
         # rewound for a replay. Kill after that if it comes in time, else mid-retry.
@@ -278,9 +294,10 @@ async def test_chaos_kills_and_an_s3_outage_lose_and_double_count_nothing(
     async with TcpProxy(host, int(port)) as proxy:
         consumer = Consumer(_consumer_env(settings, proxy, tmp_path, model_cache), tmp_path)
         reader = asyncio.create_task(_read_results(settings, tally))
-        chaos = Chaos(consumer, proxy, tally, seed)
+        steady, held = events[:-HELD_BACK], events[-HELD_BACK:]
+        chaos = Chaos(consumer, proxy, tally, seed, lambda: _produce(settings, held, over_s=0))
         try:
-            producing = asyncio.create_task(_produce(settings, events))
+            producing = asyncio.create_task(_produce(settings, steady))
             await chaos.run()
             await producing
             await _progress(tally, EVENTS, timeout_s=150)
