@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -47,7 +48,10 @@ log = logging.getLogger("imagestream.consumer")
 TRANSIENT: tuple[type[BaseException], ...] = (S3Unavailable, StoreUnavailable, KafkaError, OSError)
 _TRACKED_RECORDS = 100_000
 
-Process = Callable[[Sequence[Record]], Awaitable[list[tuple[int, TaskResult]]]]
+Indexed = list[tuple[int, TaskResult]]
+Process = Callable[[Sequence[Record]], Awaitable[Indexed]]
+# A first attempt already under way (a prefetched batch); retries and splits use Process.
+Attempt = Callable[[], Awaitable[Indexed]]
 
 
 class BatchUnavailable(Exception):
@@ -106,20 +110,23 @@ class BatchDelivery:
         self.model = model
         self.attempts = Attempts()
 
-    async def run(self, records: Sequence[Record]) -> list[Delivered]:
-        pairs = await self._deliver(records)
+    async def run(self, records: Sequence[Record], first: Attempt | None = None) -> list[Delivered]:
+        pairs = await self._deliver(records, first)
         return [Delivered(r, result, *self._seen(r)) for r, result in pairs]
 
     def _seen(self, record: Record) -> tuple[int, datetime]:
         first_seen, attempts = self.attempts.of(record)
         return attempts, first_seen
 
-    async def _deliver(self, records: Sequence[Record]) -> list[tuple[Record, TaskResult]]:
+    async def _deliver(
+        self, records: Sequence[Record], first: Attempt | None = None
+    ) -> list[tuple[Record, TaskResult]]:
         for delay in [*self.delays, None]:
             self.inflight.check()
             self.attempts.tried(records)
+            attempt, first = first or partial(self.process, records), None
             try:
-                indexed = await self.process(records)
+                indexed = await attempt()
             except TRANSIENT as exc:
                 if delay is None:
                     raise BatchUnavailable(f"{type(exc).__name__}: {exc}") from exc
@@ -192,21 +199,26 @@ class BatchHandler:
         self.listener = RevokeListener(self.inflight, settings.graceful_timeout_s, task)
         self.delivery = BatchDelivery(task, process, settings, self.inflight, model)
 
-    async def handle(self, consumer: Any, records: Sequence[Record]) -> Handled | None:
-        """What was published and committed (revoked partitions left out), else None."""
+    async def handle(
+        self, consumer: Any, records: Sequence[Record], first: Attempt | None = None
+    ) -> Handled | None:
+        """What was published and committed (revoked partitions left out), else None:
+        the batch was rewound for a replay, or abandoned."""
         with self.inflight.batch(records):
             try:
-                delivered = await self.delivery.run(records)
+                delivered = await self.delivery.run(records, first)
                 started = perf_counter()
                 await self.publish(self.task, delivered)
                 publish_ms = since(started)
-            except (BatchUnavailable, KafkaError) as exc:
-                await self._replay_later(consumer, records, exc)
-                return None
             except Abandoned as exc:
                 log.warning(
                     "%s: batch of %d abandoned, not committed: %s", self.task, len(records), exc
                 )
+                return None
+            except Exception as exc:
+                # Kafka down, retries run out, or a bug outside the pipeline (publishing):
+                # never move past the batch, replay it.
+                await self._replay_later(consumer, records, exc)
                 return None
             await self._commit(consumer, records)
             return Handled(delivered, publish_ms)
@@ -214,7 +226,12 @@ class BatchHandler:
     async def _replay_later(self, consumer: Any, records: Sequence[Record], exc: Exception) -> None:
         # Rewind rather than move on, so no offset is ever committed past an event that
         # has no result yet; the pause keeps a long outage from spinning.
-        log.error("%s: batch of %d failed, will replay: %s", self.task, len(records), exc)
+        unexpected = not isinstance(exc, (BatchUnavailable, KafkaError))
+        log.error(
+            "%s: batch of %d failed, will replay: %s",
+            *(self.task, len(records), exc),
+            exc_info=exc if unexpected else None,
+        )
         BATCH_RETRIES.labels(self.task, type(exc).__name__).inc()
         try:
             await self.inflight.pause(self.settings.replay_pause_s)

@@ -38,6 +38,8 @@ class InFlight:
 
     def __init__(self, stopping: asyncio.Event) -> None:
         self.stopping = stopping
+        # Counts rebalances: a batch fetched before one may be stale (consumers/prefetch.py).
+        self.rebalances = 0
         self._partitions: frozenset[TopicPartition] = frozenset()
         self._revoked: set[TopicPartition] = set()
         self._interrupted = asyncio.Event()
@@ -104,6 +106,7 @@ class RevokeListener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.name = name
 
     async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        self.inflight.rebalances += 1
         if not self.inflight.touches(revoked) or await self.inflight.wait_idle(self.wait_s):
             return
         self.inflight.revoke(revoked)

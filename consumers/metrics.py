@@ -28,11 +28,10 @@ from prometheus_client import (
     generate_latest,
 )
 
-from schemas.events import ErrorCode, TaskResult
+from schemas.events import STAGES, ErrorCode, TaskResult
 
 log = logging.getLogger("imagestream.metrics")
 
-STAGES = ("fetch", "decode", "encode", "index", "search", "total")
 PUBLISH = "publish"
 # Up to 5 minutes: a backlog's end-to-end latency is minutes, not milliseconds.
 _MS_BUCKETS = (

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from time import perf_counter
 from typing import Any, TypeVar
@@ -26,7 +27,7 @@ from consumers.results import Stopwatch, error_result, ok_result, since
 from consumers.s3 import S3Store, S3Unavailable
 from consumers.settings import DecodeSettings
 from consumers.tasks.base import ImageTask, Job, stamp
-from schemas.events import ErrorCode, TaskResult
+from schemas.events import ErrorCode, TaskResult, utcnow
 
 log = logging.getLogger("imagestream.pipeline")
 T = TypeVar("T")
@@ -39,6 +40,16 @@ class Pools:
     decode: Executor
     device: Executor
     store: Executor
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch fetched and decoded: error results so far, and the jobs ready to encode.
+    Single use: ``complete`` fills in the jobs' outputs and timings."""
+
+    results: dict[int, TaskResult]
+    jobs: list[Job[Any]]
+    ready_at: float
 
 
 class ImagePipeline:
@@ -64,6 +75,11 @@ class ImagePipeline:
     async def process_indexed(self, records: Sequence[Record]) -> list[tuple[int, TaskResult]]:
         """(index into ``records``, result) in input order; events for other tasks and
         repeats of an event id already in the batch (same result id) yield none."""
+        return await self.complete(await self.prepare(records))
+
+    async def prepare(self, records: Sequence[Record]) -> Prepared:
+        """The I/O and CPU half: parse, fetch and decode. It can run while the previous
+        batch is still on the device (``consumers/prefetch.py``)."""
         started = perf_counter()
         results: dict[int, TaskResult] = {}
         jobs: list[Job[Any]] = []
@@ -78,10 +94,17 @@ class ImagePipeline:
                 seen.add(event.event_id)
                 jobs.append(Job(index, event, Stopwatch(started)))
         ready = await self._prepare_all(jobs, results)
-        if ready:
-            await self._infer_and_store(ready)
-            for job in ready:
-                results[job.index] = self._ok(job)
+        return Prepared(results, ready, perf_counter())
+
+    async def complete(self, batch: Prepared) -> list[tuple[int, TaskResult]]:
+        """The device half: one model call, then the task's store and search."""
+        results = dict(batch.results)
+        if batch.jobs:
+            stamp(batch.jobs, "wait", since(batch.ready_at))
+            await self._infer_and_store(batch.jobs)
+            completed_at = utcnow()  # one stamp: a batch's results complete together
+            for job in batch.jobs:
+                results[job.index] = self._ok(job, completed_at)
         return sorted(results.items())
 
     async def _prepare_all(
@@ -133,13 +156,14 @@ class ImagePipeline:
         stamp(jobs, "encode", since(start))
         await self._run(self.pools.store, partial(self.task.store_and_search, jobs, outputs))
 
-    def _ok(self, job: Job[Any]) -> TaskResult:
+    def _ok(self, job: Job[Any], completed_at: datetime) -> TaskResult:
         return ok_result(
             self.name,
             job.event,
             model=self.task.model_name,
             dim=self.task.dim,
             watch=job.watch,
+            completed_at=completed_at,
             **job.fields,
         )
 

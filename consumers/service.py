@@ -18,12 +18,13 @@ from typing import Any
 
 from faststream.kafka import KafkaBroker
 
-from consumers.delivery import BatchHandler, Delivered
+from consumers.delivery import BatchHandler, Delivered, Handled, Indexed
 from consumers.dlq import dead_letter
 from consumers.encoders import encoder_class
 from consumers.kafka import make_broker
 from consumers.metrics import MODEL_LOAD_S, observe_results, record_dlq
-from consumers.pipeline import ImagePipeline, Pools
+from consumers.pipeline import ImagePipeline, Pools, Prepared
+from consumers.prefetch import PrefetchingHandler
 from consumers.records import Record
 from consumers.rpc import EncoderRpc
 from consumers.s3 import S3Store
@@ -65,7 +66,7 @@ class ConsumerService:
         # The gateway's embeddings and labels are served where the CLIP model lives.
         self.rpc = EncoderRpc(self.broker, self.topics, settings) if "clip" in self.tasks else None
         self.pipelines: dict[str, ImagePipeline] = {}
-        self.handlers: dict[str, BatchHandler] = {}
+        self.handlers: dict[str, PrefetchingHandler] = {}
         self.stopping = asyncio.Event()
         self.ready = False
         self._s3 = S3Store(settings.s3)
@@ -81,13 +82,19 @@ class ConsumerService:
         )
 
     def _subscribe(self, task: str) -> None:
-        handler = self.handlers[task] = BatchHandler(
+        handler = BatchHandler(
             task,
             partial(self._process, task),
             self._publish,
             self.settings.delivery,
             self.stopping,
             model=lambda: self.pipelines[task].task.model_name,
+        )
+        self.handlers[task] = PrefetchingHandler(
+            handler,
+            partial(self._prepare, task),
+            partial(self._complete, task),
+            partial(self._observe, task),
         )
         subscriber = batch_subscriber(
             self.broker,
@@ -147,6 +154,8 @@ class ConsumerService:
         is abandoned at once. Either way nothing is committed past an unfinished batch."""
         self.ready = False
         self.stopping.set()
+        timeout = self.settings.delivery.graceful_timeout_s
+        await asyncio.gather(*(h.drain(timeout) for h in self.handlers.values()))
         await self.broker.stop()
         await self._s3.close()
         for store in self._stores:
@@ -157,13 +166,24 @@ class ConsumerService:
 
     async def _handle(self, task: str, msg: Any) -> None:
         records = [Record.from_consumer_record(r) for r in msg.raw_message]
-        handled = await self.handlers[task].handle(msg.consumer, records)
-        if handled is not None:
-            results = [d.result for d in handled.delivered]
-            observe_results(task, results, len(records), handled.publish_ms)
+        handler = self.handlers[task]
+        if self.settings.delivery.prefetch:
+            await handler.submit(msg.consumer, records)
+        elif (handled := await handler.handler.handle(msg.consumer, records)) is not None:
+            self._observe(task, handled, len(records))
 
-    async def _process(self, task: str, records: Sequence[Record]) -> list[tuple[int, TaskResult]]:
+    def _observe(self, task: str, handled: Handled, polled: int) -> None:
+        observe_results(task, [d.result for d in handled.delivered], polled, handled.publish_ms)
+
+    # Pipelines are built in start(), after the subscribers: look them up per call.
+    async def _process(self, task: str, records: Sequence[Record]) -> Indexed:
         return await self.pipelines[task].process_indexed(records)
+
+    async def _prepare(self, task: str, records: Sequence[Record]) -> Prepared:
+        return await self.pipelines[task].prepare(records)
+
+    async def _complete(self, task: str, prepared: Prepared) -> Indexed:
+        return await self.pipelines[task].complete(prepared)
 
     async def _publish(self, task: str, delivered: list[Delivered]) -> None:
         """Every result, and a DLQ record for bad input; returns once Kafka acked all."""

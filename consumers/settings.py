@@ -215,6 +215,11 @@ class DeliverySettings(BaseModel):
         description="How long SIGTERM or a revoke waits for the in-flight batch to finish.",
     )
     dlq: bool = Field(default=True, description="Publish bad input to the images DLQ topic.")
+    prefetch: bool = Field(
+        default=True,
+        description="Fetch and decode the next batch while the current one is encoded "
+        "(one batch ahead; consumers/prefetch.py).",
+    )
 
     def retry_budget_s(self) -> float:
         return sum(self.retry_delays_s) + self.replay_pause_s

@@ -35,6 +35,10 @@ def add_commands(sub: Any) -> None:
     lt.add_argument("--legacy-sleep", type=float, default=d.legacy_sleep_s, help=DEFAULTS_NOTE)
     lt.add_argument("--milvus", default=d.milvus, help=f"lite | server | URI {DEFAULTS_NOTE}")
     lt.add_argument("--partitions", type=int, default=d.partitions, help=DEFAULTS_NOTE)
+    lt.add_argument("--consumers", type=int, default=d.consumers,
+                    help=f"consumer processes in one group {DEFAULTS_NOTE}")  # fmt: skip
+    lt.add_argument("--env", action="append", default=[], metavar="IMAGESTREAM_X__Y=V",
+                    help="a consumer setting: IMAGESTREAM_DELIVERY__PREFETCH=false")  # fmt: skip
     lt.add_argument("--out", type=Path, default=d.out, help=DEFAULTS_NOTE)
     lt.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per phase")
     lt.add_argument("--model-cache-dir", type=Path, help="default: IMAGESTREAM_MODEL_CACHE_DIR")
@@ -54,18 +58,10 @@ def add_commands(sub: Any) -> None:
 def loadtest_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from loadtest.config import LoadtestConfig
     from loadtest.report import print_summary
     from loadtest.run import loadtest
 
-    config = LoadtestConfig(
-        images=args.images, model=args.model, batch=args.batch, device=args.device,
-        rate=args.rate, latency_seconds=args.latency_seconds, latency_rate=args.latency_rate,
-        bare_batches=args.bare_batches, legacy_iterations=args.legacy_iterations,
-        legacy_sleep_iterations=args.legacy_sleep_iterations, legacy_sleep_s=args.legacy_sleep,
-        milvus=args.milvus, partitions=args.partitions, out=args.out, timeout_s=args.timeout,
-        model_cache_dir=args.model_cache_dir,
-    )  # fmt: skip
+    config = _config(args)
     console = Console()
     report = asyncio.run(loadtest(config, console))
     print_summary(report, console)
@@ -74,6 +70,31 @@ def loadtest_command(args: argparse.Namespace) -> int:
     # The last line, for scripts: `make bench | tail -1`.
     print(f"efficiency={efficiency:.3f}" if efficiency is not None else "efficiency=nan")
     return 0 if efficiency is not None and not saturation["missing"] else 1
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from loadtest.config import LoadtestConfig
+
+    try:
+        return LoadtestConfig(
+            images=args.images, model=args.model, batch=args.batch, device=args.device,
+            rate=args.rate, latency_seconds=args.latency_seconds, latency_rate=args.latency_rate,
+            bare_batches=args.bare_batches, legacy_iterations=args.legacy_iterations,
+            legacy_sleep_iterations=args.legacy_sleep_iterations,
+            legacy_sleep_s=args.legacy_sleep, milvus=args.milvus, partitions=args.partitions,
+            consumers=args.consumers, out=args.out, timeout_s=args.timeout,
+            model_cache_dir=args.model_cache_dir,
+            extra_env=dict(_setting(item) for item in args.env),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise SystemExit(f"imagestream loadtest: {exc}") from exc
+
+
+def _setting(item: str) -> tuple[str, str]:
+    name, equals, value = item.partition("=")
+    if not equals or not name.startswith("IMAGESTREAM_"):
+        raise SystemExit(f"--env wants IMAGESTREAM_SECTION__NAME=VALUE, got {item!r}")
+    return name, value
 
 
 def milvus_command(args: argparse.Namespace) -> int:

@@ -21,7 +21,15 @@ class LoadtestConfig:
     legacy_sleep_s: float = 5.0
     milvus: str = "lite"  # lite | server | a Milvus URI
     partitions: int = 4
+    consumers: int = 1  # consumer processes in one group (scale-out)
     out: Path = Path(".imagestream") / "loadtest"
     timeout_s: float = 900.0
     model_cache_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.consumers > 1 and self.milvus == "lite":
+            raise ValueError(
+                "several consumer processes need a Milvus server (--milvus server or a URI): "
+                "milvus-lite is one process per database"
+            )

@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from consumers.stack import HOST, _die_with_parent, _terminate, free_port
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -62,6 +64,21 @@ class ConsumerProcess:
                 return bool(response.status == 200)
         except (OSError, urllib.error.URLError):
             return False
+
+    def results_published(self) -> int:
+        """The results this process has published (its ``imagestream_results_total``)."""
+        url = f"http://{HOST}:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return round(
+            sum(
+                sample.value
+                for family in text_string_to_metric_families(text)
+                if family.name == "imagestream_results"
+                for sample in family.samples
+                if sample.name == "imagestream_results_total"
+            )
+        )
 
     def _why(self, what: str) -> str:
         tail = self.log_path.read_text(errors="replace").splitlines()[-20:]

@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from loadtest.generator import Phase
-from loadtest.stats import STAGES, summary
+from loadtest.stats import summary
+from schemas.events import STAGES
 
 LATENCY_FACTOR = 3.0
 

@@ -123,9 +123,10 @@ def _bars(console: Console) -> Iterator[Progress]:
         yield progress
 
 
-def _cpu(consumer: ConsumerProcess, stack: EmbeddedStack) -> dict[str, float | None]:
+def _cpu(consumers: list[ConsumerProcess], stack: EmbeddedStack) -> dict[str, float | None]:
+    used = [cpu_seconds(consumer.pid) for consumer in consumers]
     return {
-        "consumer": cpu_seconds(consumer.pid),
+        "consumer": None if None in used else sum(u for u in used if u is not None),
         "generator": self_cpu_seconds(),
         "broker": cpu_seconds(stack.broker.pid),
         "s3_server": cpu_seconds(stack.s3.pid),
@@ -157,8 +158,8 @@ async def _phase(
 
 
 async def _phases(
-    settings: Settings, config: LoadtestConfig, uris: list[str], consumer: ConsumerProcess,
-    stack: EmbeddedStack, bars: Progress,
+    settings: Settings, config: LoadtestConfig, uris: list[str],
+    consumers: list[ConsumerProcess], stack: EmbeddedStack, bars: Progress,
 ) -> tuple[list[Phase], dict[str, Any]]:  # fmt: skip
     run_id = uuid.uuid4().hex[:8]
     await _phase(settings, Phase("warmup", config.batch), uris, config, run_id, bars)
@@ -166,9 +167,9 @@ async def _phases(
     saturation = Phase("saturation", config.images, config.rate)
     plan = [saturation]
     for phase in plan:
-        before, load = _cpu(consumer, stack), loadavg()
+        before, load = _cpu(consumers, stack), loadavg()
         phases.append(await _phase(settings, phase, uris, config, run_id, bars))
-        cpu[phase.name] = {"cores": _cores_used(before, _cpu(consumer, stack)), "loadavg": load}
+        cpu[phase.name] = {"cores": _cores_used(before, _cpu(consumers, stack)), "loadavg": load}
         if phase is saturation and config.latency_seconds > 0:
             rate = config.latency_rate or _half_rate(phase)
             if rate:
@@ -194,6 +195,22 @@ async def _upload(
             )
             urls = await presigned_urls(s3, uris[: max(1, config.legacy_iterations)])
     return uris, urls
+
+
+@contextlib.asynccontextmanager
+async def _consumers(
+    env: dict[str, str], count: int, runtime: Path
+) -> AsyncIterator[list[ConsumerProcess]]:
+    """``count`` consumer processes in one group; the phases start once all are ready."""
+    async with contextlib.AsyncExitStack() as stack:
+        logs = [
+            runtime / f"consumer-{i}.log" if i else runtime / "consumer.log" for i in range(count)
+        ]
+        yield list(
+            await asyncio.gather(
+                *(stack.enter_async_context(ConsumerProcess(env, log, [TASK])) for log in logs)
+            )
+        )
 
 
 def _write(report: dict[str, Any], phases: list[Phase], out: Path) -> dict[str, Any]:
@@ -223,9 +240,13 @@ async def loadtest(config: LoadtestConfig, console: Console | None = None) -> di
         encoder, bare = await asyncio.to_thread(_bare, settings, config)
         legacy = await _legacy(encoder, config, urls, runtime)
         del encoder  # the consumer loads its own
-        async with ConsumerProcess(env, runtime / "consumer.log", [TASK]) as consumer:
+        async with _consumers(env, config.consumers, runtime) as consumers:
             with _bars(console) as bars:
-                phases, cpu = await _phases(settings, config, uris, consumer, stack, bars)
+                phases, cpu = await _phases(settings, config, uris, consumers, stack, bars)
+            # The group's balance, warm-up included.
+            report["results_per_consumer"] = [
+                await asyncio.to_thread(consumer.results_published) for consumer in consumers
+            ]
     figures = phase_figures(phases)
     report |= {"bare": bare, "legacy": legacy, "phases": figures, "cpu_cores": cpu}
     report["verdicts"] = verdicts(figures, bare, cpu)

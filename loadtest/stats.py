@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from schemas.events import TaskResult
+from schemas.events import STAGES, TaskResult
 
-STAGES = ("fetch", "decode", "encode", "index", "search", "total")
-# Results of one micro-batch share the batch's start to within microseconds; batches
-# start at least one model call apart.
+# The results of one micro-batch share one completed_at (consumers/pipeline.py stamps it
+# once per batch); batches are delivered one after another, at least one model call
+# apart. (Their starts can be milliseconds apart: the next batch is prefetched.)
 BATCH_GAP_S = 0.005
 
 
@@ -34,11 +34,6 @@ class Sample:
     @property
     def e2e_ms(self) -> float:
         return (self.completed - self.submitted) * 1000
-
-    @property
-    def batch_start(self) -> float:
-        """When the consumer took this result's batch: ``timings.total`` runs from there."""
-        return self.completed - self.timings.get("total", 0.0) / 1000
 
 
 def sample(result: TaskResult, received: float) -> Sample:
@@ -71,10 +66,10 @@ def percentiles(values: Iterable[float]) -> dict[str, float]:
 
 def batches(samples: Sequence[Sample], gap_s: float = BATCH_GAP_S) -> list[list[Sample]]:
     """Results grouped by the micro-batch they came from, in batch order."""
-    ordered = sorted(samples, key=lambda s: s.batch_start)
+    ordered = sorted(samples, key=lambda s: s.completed)
     groups: list[list[Sample]] = []
     for item in ordered:
-        if groups and item.batch_start - groups[-1][-1].batch_start <= gap_s:
+        if groups and item.completed - groups[-1][-1].completed <= gap_s:
             groups[-1].append(item)
         else:
             groups.append([item])

@@ -180,16 +180,21 @@ class ClassPrediction(BaseModel):
 
 
 class Timings(BaseModel):
-    """Milliseconds per stage; stages a task did not run stay 0."""
+    """Milliseconds per stage; stages a task did not run stay 0. ``wait``: decoded and
+    waiting for the device while the previous batch finished (prefetch)."""
 
     model_config = ConfigDict(frozen=True)
 
     fetch: float = 0.0
     decode: float = 0.0
+    wait: float = 0.0
     encode: float = 0.0
     index: float = 0.0
     search: float = 0.0
     total: float = 0.0
+
+
+STAGES: tuple[str, ...] = tuple(Timings.model_fields)
 
 
 class Status(StrEnum):

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from consumers.cli import _parser
 from loadtest import gpu_bench
-from loadtest.cli import loadtest_command
+from loadtest.cli import _config, _setting, loadtest_command
 from loadtest.config import LoadtestConfig
 from loadtest.run import loadtest
 from loadtest.stats import Sample, batches, steady_throughput
@@ -50,6 +50,14 @@ def test_the_cli_routes_loadtest_to_its_handler() -> None:
     args = _parser().parse_args(["loadtest", "-n", "5", "--model", "random:tiny"])
     assert args.handler is loadtest_command
     assert (args.images, args.model, args.batch, args.milvus) == (5, "random:tiny", 32, "lite")
+    args = _parser().parse_args(
+        ["loadtest", "--consumers", "2", "--env", "IMAGESTREAM_DELIVERY__PREFETCH=false"]
+    )
+    assert (args.consumers, args.env) == (2, ["IMAGESTREAM_DELIVERY__PREFETCH=false"])
+    with pytest.raises(SystemExit, match="IMAGESTREAM_SECTION__NAME=VALUE"):
+        _setting("delivery.prefetch=false")
+    with pytest.raises(SystemExit, match="need a Milvus server"):
+        _config(_parser().parse_args(["loadtest", "--consumers", "2", "--milvus", "lite"]))
 
 
 def test_the_gpu_bench_script_runs_on_the_cpu_with_a_tiny_model(
@@ -96,6 +104,25 @@ async def test_a_tiny_load_test_measures_every_figure(tmp_path: Path) -> None:
     assert with_sleep["images_per_s"] == pytest.approx(with_sleep["formula_images_per_s"], rel=0.1)
 
     _check_files(report["files"], verdicts, rows=24 + latency["results"])
+    assert report["results_per_consumer"] == [8 + 24 + latency["results"]]  # warm-up too
+
+
+@pytest.mark.integration
+async def test_two_consumer_processes_share_the_topic_through_a_milvus_server(
+    tmp_path: Path,
+) -> None:
+    config = LoadtestConfig(
+        images=64, model="random:tiny", batch=8, device="cpu", latency_seconds=0,
+        bare_batches=1, legacy_iterations=0, milvus="server", consumers=2,
+        out=tmp_path / "out", timeout_s=120.0, model_cache_dir=tmp_path / "models",
+    )  # fmt: skip
+    report = await loadtest(config, Console(file=io.StringIO()))
+
+    saturation = report["phases"]["saturation"]
+    assert (saturation["results"], saturation["missing"], saturation["errors"]) == (64, 0, {})
+    shares = report["results_per_consumer"]
+    assert sum(shares) == 8 + 64  # warm-up batch + saturation, each result once
+    assert min(shares) > 0, shares  # both members of the group got partitions and worked
 
 
 def _check_files(files: dict[str, Any], verdicts: dict[str, Any], rows: int) -> None:
