@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +31,7 @@ from schemas.events import ErrorCode, TaskResult, utcnow
 
 log = logging.getLogger("imagestream.pipeline")
 T = TypeVar("T")
+Step = Callable[["Job[Any]"], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,9 @@ class ImagePipeline:
         repeats of an event id already in the batch (same result id) yield none."""
         return await self.complete(await self.prepare(records))
 
-    async def prepare(self, records: Sequence[Record]) -> Prepared:
-        """The I/O and CPU half: parse, fetch and decode. It can run while the previous
-        batch is still on the device (``consumers/prefetch.py``)."""
+    async def prepare(self, records: Sequence[Record], *, decode: bool = True) -> Prepared:
+        """The I/O half: parse and fetch, and decode too unless ``decode`` is false. It
+        can run while the previous batch is on the device (``consumers/prefetch.py``)."""
         started = perf_counter()
         results: dict[int, TaskResult] = {}
         jobs: list[Job[Any]] = []
@@ -93,27 +94,33 @@ class ImagePipeline:
             elif not event.tasks or self.name in event.tasks:
                 seen.add(event.event_id)
                 jobs.append(Job(index, event, Stopwatch(started)))
-        ready = await self._prepare_all(jobs, results)
+        ready = await self._each(jobs, results, self._fetch_and_decode if decode else self._fetch)
         return Prepared(results, ready, perf_counter())
 
     async def complete(self, batch: Prepared) -> list[tuple[int, TaskResult]]:
-        """The device half: one model call, then the task's store and search."""
+        """The device half: decode what is not yet, one model call, store and search."""
         results = dict(batch.results)
-        if batch.jobs:
-            stamp(batch.jobs, "wait", since(batch.ready_at))
-            await self._infer_and_store(batch.jobs)
+        stamp(batch.jobs, "wait", since(batch.ready_at))
+        undecoded = [job for job in batch.jobs if job.data is not None]
+        jobs = [job for job in batch.jobs if job.data is None]
+        jobs += await self._each(undecoded, results, self._decode)
+        if jobs:
+            jobs.sort(key=lambda job: job.index)
+            await self._infer_and_store(jobs)
             completed_at = utcnow()  # one stamp: a batch's results complete together
-            for job in batch.jobs:
+            for job in jobs:
                 results[job.index] = self._ok(job, completed_at)
         return sorted(results.items())
 
-    async def _prepare_all(
-        self, jobs: list[Job[Any]], results: dict[int, TaskResult]
+    async def _each(
+        self, jobs: list[Job[Any]], results: dict[int, TaskResult], step: Step
     ) -> list[Job[Any]]:
+        """``step`` on every job at once; the jobs it succeeded on, the others' errors
+        in ``results``. A transient S3 failure propagates, for the batch to be retried."""
         # return_exceptions: on an S3 outage, let every fetch finish before re-raising;
         # plain gather would leave the others running while the batch is retried.
         outcomes = await asyncio.gather(
-            *(self._prepare(job) for job in jobs), return_exceptions=True
+            *(self._guarded(step, job) for job in jobs), return_exceptions=True
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, ItemError):
@@ -126,15 +133,9 @@ class ImagePipeline:
                 ready.append(job)
         return ready
 
-    async def _prepare(self, job: Job[Any]) -> ItemError | None:
-        """Fetch and decode one image; transient S3 failures propagate."""
+    async def _guarded(self, step: Step, job: Job[Any]) -> ItemError | None:
         try:
-            start = perf_counter()
-            data = await self.s3.get(*job.event.bucket_key())
-            job.watch.add("fetch", since(start))
-            start = perf_counter()
-            job.prepared = await self._run(self.pools.decode, partial(self._decode, data))
-            job.watch.add("decode", since(start))
+            await step(job)
         except ItemError as exc:
             return exc
         except S3Unavailable:
@@ -145,7 +146,22 @@ class ImagePipeline:
             return ItemError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
         return None
 
-    def _decode(self, data: bytes) -> Any:
+    async def _fetch_and_decode(self, job: Job[Any]) -> None:
+        await self._fetch(job)
+        await self._decode(job)
+
+    async def _fetch(self, job: Job[Any]) -> None:
+        start = perf_counter()
+        job.data = await self.s3.get(*job.event.bucket_key())
+        job.watch.add("fetch", since(start))
+
+    async def _decode(self, job: Job[Any]) -> None:
+        start = perf_counter()
+        data, job.data = job.data or b"", None
+        job.prepared = await self._run(self.pools.decode, partial(self._decode_bytes, data))
+        job.watch.add("decode", since(start))
+
+    def _decode_bytes(self, data: bytes) -> Any:
         image = decode_image(data, self.decode_settings, self.task.encoder.min_input_side)
         return self.task.prepare(image)
 

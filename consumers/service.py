@@ -167,10 +167,19 @@ class ConsumerService:
     async def _handle(self, task: str, msg: Any) -> None:
         records = [Record.from_consumer_record(r) for r in msg.raw_message]
         handler = self.handlers[task]
-        if self.settings.delivery.prefetch:
+        if self._prefetch(task) != "off":
             await handler.submit(msg.consumer, records)
         elif (handled := await handler.handler.handle(msg.consumer, records)) is not None:
             self._observe(task, handled, len(records))
+
+    def _prefetch(self, task: str) -> str:
+        """``auto``: decode ahead on a GPU; on the CPU the decode would take cores from the
+        model (measured in docs/performance.md), so fetch ahead only."""
+        mode = self.settings.delivery.prefetch
+        if mode == "auto":
+            on_cpu = self.pipelines[task].task.encoder.device.type == "cpu"
+            return "fetch" if on_cpu else "decode"
+        return mode
 
     def _observe(self, task: str, handled: Handled, polled: int) -> None:
         observe_results(task, [d.result for d in handled.delivered], polled, handled.publish_ms)
@@ -180,7 +189,8 @@ class ConsumerService:
         return await self.pipelines[task].process_indexed(records)
 
     async def _prepare(self, task: str, records: Sequence[Record]) -> Prepared:
-        return await self.pipelines[task].prepare(records)
+        decode = self._prefetch(task) == "decode"
+        return await self.pipelines[task].prepare(records, decode=decode)
 
     async def _complete(self, task: str, prepared: Prepared) -> Indexed:
         return await self.pipelines[task].complete(prepared)

@@ -215,10 +215,11 @@ class DeliverySettings(BaseModel):
         description="How long SIGTERM or a revoke waits for the in-flight batch to finish.",
     )
     dlq: bool = Field(default=True, description="Publish bad input to the images DLQ topic.")
-    prefetch: bool = Field(
-        default=True,
-        description="Fetch and decode the next batch while the current one is encoded "
-        "(one batch ahead; consumers/prefetch.py).",
+    prefetch: Literal["auto", "decode", "fetch", "off"] = Field(
+        default="auto",
+        description="What of the next batch is done while the current one is on the device "
+        "(consumers/prefetch.py): decode = fetch and decode, fetch = fetch only (the decode "
+        "would take cores from a CPU model), off. auto = decode on a GPU, fetch on the CPU.",
     )
 
     def retry_budget_s(self) -> float:

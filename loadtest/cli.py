@@ -38,7 +38,7 @@ def add_commands(sub: Any) -> None:
     lt.add_argument("--consumers", type=int, default=d.consumers,
                     help=f"consumer processes in one group {DEFAULTS_NOTE}")  # fmt: skip
     lt.add_argument("--env", action="append", default=[], metavar="IMAGESTREAM_X__Y=V",
-                    help="a consumer setting: IMAGESTREAM_DELIVERY__PREFETCH=false")  # fmt: skip
+                    help="a consumer setting: IMAGESTREAM_DELIVERY__PREFETCH=off")  # fmt: skip
     lt.add_argument("--out", type=Path, default=d.out, help=DEFAULTS_NOTE)
     lt.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per phase")
     lt.add_argument("--model-cache-dir", type=Path, help="default: IMAGESTREAM_MODEL_CACHE_DIR")

@@ -12,7 +12,7 @@ import pytest
 from consumers.ingest import result_reader
 from consumers.launcher import running_consumers
 from consumers.service import ConsumerService
-from consumers.settings import S3Settings, Settings
+from consumers.settings import DeliverySettings, S3Settings, Settings
 from consumers.stack import Broker
 from schemas.events import ErrorCode, Status, TaskResult
 from tests.helpers import collect, event, produce, produce_events, sample_jpeg, upload
@@ -28,8 +28,13 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def prefetch() -> str:
+    return "auto"
+
+
+@pytest.fixture
 async def settings(
-    kafka_broker: Broker, s3_server: S3Settings, tmp_path: Path, model_cache: Path
+    kafka_broker: Broker, s3_server: S3Settings, tmp_path: Path, model_cache: Path, prefetch: str
 ) -> Settings:
     return await stack_settings(
         kafka_broker.bootstrap_servers,
@@ -37,6 +42,7 @@ async def settings(
         tmp_path,
         model_cache,
         partitions=4,
+        delivery=DeliverySettings(prefetch=prefetch),
     )
 
 
@@ -50,6 +56,8 @@ def _by_image(results: list[TaskResult]) -> dict[str, TaskResult]:
     return {r.image_id: r for r in results}
 
 
+# Decode errors surface in the device half when only the fetch ran ahead (auto on the CPU).
+@pytest.mark.parametrize("prefetch", ["fetch", "decode", "off"])
 async def test_events_in_results_out_with_bad_input_in_the_same_batch(
     settings: Settings, service: ConsumerService
 ) -> None:

@@ -51,9 +51,9 @@ def test_the_cli_routes_loadtest_to_its_handler() -> None:
     assert args.handler is loadtest_command
     assert (args.images, args.model, args.batch, args.milvus) == (5, "random:tiny", 32, "lite")
     args = _parser().parse_args(
-        ["loadtest", "--consumers", "2", "--env", "IMAGESTREAM_DELIVERY__PREFETCH=false"]
+        ["loadtest", "--consumers", "2", "--env", "IMAGESTREAM_DELIVERY__PREFETCH=off"]
     )
-    assert (args.consumers, args.env) == (2, ["IMAGESTREAM_DELIVERY__PREFETCH=false"])
+    assert (args.consumers, args.env) == (2, ["IMAGESTREAM_DELIVERY__PREFETCH=off"])
     with pytest.raises(SystemExit, match="IMAGESTREAM_SECTION__NAME=VALUE"):
         _setting("delivery.prefetch=false")
     with pytest.raises(SystemExit, match="need a Milvus server"):

@@ -31,6 +31,7 @@ class Job(Generic[Prepared]):
     index: int
     event: ImageSubmitted
     watch: Stopwatch
+    data: bytes | None = None  # fetched, not yet decoded
     prepared: Prepared | None = None
     fields: dict[str, Any] = field(default_factory=dict)  # TaskResult fields: neighbors, ...
 
