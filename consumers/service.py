@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from time import perf_counter
 from typing import Any
@@ -114,11 +113,7 @@ class ConsumerService:
         subscriber(handle)
 
     async def start(self) -> None:
-        self._pools = Pools(
-            decode=ThreadPoolExecutor(self.settings.decode.threads, "decode"),
-            device=ThreadPoolExecutor(1, "device"),
-            store=ThreadPoolExecutor(1, "milvus"),
-        )
+        self._pools = Pools.create(self.settings.decode.threads)
         await self._s3.start()
         for task in self.tasks:
             self.pipelines[task] = await self._build_pipeline(task, self._pools)
@@ -154,15 +149,19 @@ class ConsumerService:
         is abandoned at once. Either way nothing is committed past an unfinished batch."""
         self.ready = False
         self.stopping.set()
+        started = perf_counter()
         timeout = self.settings.delivery.graceful_timeout_s
         await asyncio.gather(*(h.drain(timeout) for h in self.handlers.values()))
+        log.info("stopping: batches in flight drained after %.1fs", perf_counter() - started)
         await self.broker.stop()
+        log.info(
+            "stopping: Kafka consumers and producer closed after %.1fs", perf_counter() - started
+        )
         await self._s3.close()
         for store in self._stores:
             store.close()
         if self._pools is not None:
-            for pool in (self._pools.decode, self._pools.device, self._pools.store):
-                pool.shutdown(wait=True, cancel_futures=True)
+            self._pools.shutdown()
 
     async def _handle(self, task: str, msg: Any) -> None:
         records = [Record.from_consumer_record(r) for r in msg.raw_message]
@@ -173,12 +172,13 @@ class ConsumerService:
             self._observe(task, handled, len(records))
 
     def _prefetch(self, task: str) -> str:
-        """``auto``: decode ahead on a GPU; on the CPU the decode would take cores from the
-        model (measured in docs/performance.md), so fetch ahead only."""
+        """``auto``: decode ahead on a GPU. Off on the CPU, where the model already keeps
+        every core busy: there is nothing to overlap with, and prefetching splits what
+        would be one batch at moderate load in two (docs/performance.md)."""
         mode = self.settings.delivery.prefetch
         if mode == "auto":
             on_cpu = self.pipelines[task].task.encoder.device.type == "cpu"
-            return "fetch" if on_cpu else "decode"
+            return "off" if on_cpu else "decode"
         return mode
 
     def _observe(self, task: str, handled: Handled, polled: int) -> None:

@@ -218,8 +218,8 @@ class DeliverySettings(BaseModel):
     prefetch: Literal["auto", "decode", "fetch", "off"] = Field(
         default="auto",
         description="What of the next batch is done while the current one is on the device "
-        "(consumers/prefetch.py): decode = fetch and decode, fetch = fetch only (the decode "
-        "would take cores from a CPU model), off. auto = decode on a GPU, fetch on the CPU.",
+        "(consumers/prefetch.py): decode = fetch and decode, fetch = fetch only, off. auto = "
+        "decode on a GPU, off on the CPU (where it gains nothing: docs/performance.md).",
     )
 
     def retry_budget_s(self) -> float:

@@ -116,6 +116,24 @@ def cpu_seconds(pid: int | None) -> float | None:
     return sum(stats[p][1] for p in family) / _CLOCK_TICKS
 
 
+def thread_cpu_seconds(pid: int | None) -> dict[str, float]:
+    """CPU seconds of a process's live threads by thread name (Linux; else empty). The
+    consumer names its pools' threads (decode, device, milvus), and threads inherit the
+    name of the thread that started them (the model's OpenMP workers: device)."""
+    by_name: dict[str, float] = {}
+    tasks = Path(f"/proc/{pid}/task")
+    for thread in tasks.iterdir() if pid is not None and tasks.exists() else []:
+        try:
+            text = (thread / "stat").read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        ticks = int(fields[11]) + int(fields[12])
+        by_name[name] = by_name.get(name, 0.0) + ticks / _CLOCK_TICKS
+    return by_name
+
+
 def _proc_stats() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, user + system ticks)."""
     stats: dict[int, tuple[int, int]] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,10 @@ def milvus_server(base_dir: Path | None = None) -> Iterator[str]:
         server.config.set(f"{component}.ip", HOST)
     try:
         try:
-            server.start()  # returns once /healthz answers
+            with warnings.catch_warnings():
+                # Its port search drops probe sockets unclosed when a port is taken.
+                warnings.simplefilter("ignore", ResourceWarning)
+                server.start()  # returns once /healthz answers
         except (TimeoutError, RuntimeError) as exc:
             tail = _log_tail(folder)
             raise MilvusUnavailable(f"Milvus server did not start: {exc}\n{tail}") from exc

@@ -36,7 +36,7 @@ from consumers.stack import EmbeddedStack
 from consumers.store import VectorStore
 from loadtest import bare as bare_bench
 from loadtest.config import LoadtestConfig
-from loadtest.consumer import ConsumerProcess, cpu_seconds, self_cpu_seconds
+from loadtest.consumer import ConsumerProcess, cpu_seconds, self_cpu_seconds, thread_cpu_seconds
 from loadtest.generator import Phase, presigned_urls, run_phase, upload_images
 from loadtest.legacy import legacy_baseline
 from loadtest.milvus_server import milvus_server
@@ -131,6 +131,9 @@ def _cpu(consumers: list[ConsumerProcess], stack: EmbeddedStack) -> dict[str, fl
         "broker": cpu_seconds(stack.broker.pid),
         "s3_server": cpu_seconds(stack.s3.pid),
         "time": time.time(),
+    } | {
+        f"consumer thread {name}": seconds
+        for name, seconds in thread_cpu_seconds(consumers[0].pid if consumers else None).items()
     }
 
 
@@ -138,9 +141,12 @@ def _cores_used(before: dict[str, float | None], after: dict[str, float | None])
     """CPU seconds per wall second of each process over a phase (2.0 = two busy cores)."""
     wall = float(after["time"] or 0) - float(before["time"] or 0)
     return {
-        name: (after[name] - value) / wall  # type: ignore[operator]
+        name: (end - value) / wall
         for name, value in before.items()
-        if name != "time" and value is not None and after[name] is not None and wall > 0
+        if name != "time"
+        and value is not None
+        and (end := after.get(name)) is not None
+        and wall > 0
     }
 
 

@@ -56,7 +56,7 @@ def _by_image(results: list[TaskResult]) -> dict[str, TaskResult]:
     return {r.image_id: r for r in results}
 
 
-# Decode errors surface in the device half when only the fetch ran ahead (auto on the CPU).
+# Every prefetch mode; with fetch only, decode errors surface in the device half.
 @pytest.mark.parametrize("prefetch", ["fetch", "decode", "off"])
 async def test_events_in_results_out_with_bad_input_in_the_same_batch(
     settings: Settings, service: ConsumerService

@@ -54,7 +54,10 @@ async def settings(
         partitions=4,
         tag="s",
         delivery=DeliverySettings(
-            retry_delays_s=[1.0] * 20, replay_pause_s=1.0, graceful_timeout_s=GRACEFUL_S
+            retry_delays_s=[1.0] * 20,
+            replay_pause_s=1.0,
+            graceful_timeout_s=GRACEFUL_S,
+            prefetch="decode",  # the GPU default: a batch prefetched behind the stuck one
         ),
     )
 
