@@ -67,3 +67,20 @@ def bare_benchmark(
         "batch_ms": percentiles(t * 1000 for t in times),
         "service_ms": sorted(times)[len(times) // 2] * 1000,
     }
+
+
+def bracket(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The bare figures measured before and after the consumer's phases, averaged.
+
+    A shared or virtual machine's speed drifts over minutes (one run here measured a
+    batch at 1.75 s, another at 2.46 s, both at load average < 1), and the consumer's
+    phases run between the two: bracketing them keeps the efficiency ratio honest, and
+    ``drift`` says how far the machine moved meanwhile.
+    """
+    averaged = {
+        key: (before[key] + after[key]) / 2
+        for key in ("images_per_s", "images_per_cpu_s", "service_ms")
+        if before.get(key) is not None and after.get(key) is not None
+    }
+    drift = after["images_per_s"] / before["images_per_s"] - 1
+    return before | averaged | {"before": before, "after": after, "drift": drift}

@@ -136,7 +136,8 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     bare, verdict = report["bare"], report["verdicts"]
     console.print(
         f"bare encoder: {bare['images_per_s']:.1f} img/s ({bare['model']}, batch {bare['batch']}, "
-        f"{bare['device']}), one batch {bare['service_ms']:.0f} ms"
+        f"{bare['device']}), one batch {bare['service_ms']:.0f} ms "
+        f"(mean of before and after the consumer; drift {bare['drift']:+.1%})"
     )
     console.print(
         f"efficiency {_fmt(verdict['efficiency'], 3)} (steady e2e / bare); noise-robust: "

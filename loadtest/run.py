@@ -19,8 +19,9 @@ import contextlib
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +93,14 @@ async def _milvus(config: LoadtestConfig, runtime: Path) -> AsyncIterator[str]:
         yield config.milvus
 
 
-def _bare(settings: Settings, config: LoadtestConfig) -> tuple[Encoder, dict[str, Any]]:
-    """The bare encoder benchmark (blocking); the loaded encoder serves the legacy loop."""
+def _bare(
+    settings: Settings, config: LoadtestConfig
+) -> tuple[Callable[[], dict[str, Any]], Encoder]:
+    """The bare encoder benchmark, ready to run (blocking) before and after the consumer's
+    phases; the loaded encoder also serves the legacy loop."""
     encoder = bare_bench.load_encoder(settings, TASK)
     tensors = bare_bench.prepare(encoder, settings, [photo_jpeg(i) for i in range(config.batch)])
-    return encoder, bare_bench.bare_benchmark(encoder, tensors, config.bare_batches)
+    return partial(bare_bench.bare_benchmark, encoder, tensors, config.bare_batches), encoder
 
 
 async def _legacy(
@@ -243,9 +247,9 @@ async def loadtest(config: LoadtestConfig, console: Console | None = None) -> di
         settings = settings_from(env)
         uris, urls = await _upload(settings, config, console)
         console.print("bare encoder benchmark, then the legacy loop (blocking, no progress)")
-        encoder, bare = await asyncio.to_thread(_bare, settings, config)
+        bare_run, encoder = await asyncio.to_thread(_bare, settings, config)
+        bare_before = await asyncio.to_thread(bare_run)
         legacy = await _legacy(encoder, config, urls, runtime)
-        del encoder  # the consumer loads its own
         async with _consumers(env, config.consumers, runtime) as consumers:
             with _bars(console) as bars:
                 phases, cpu = await _phases(settings, config, uris, consumers, stack, bars)
@@ -253,6 +257,8 @@ async def loadtest(config: LoadtestConfig, console: Console | None = None) -> di
             report["results_per_consumer"] = [
                 await asyncio.to_thread(consumer.results_published) for consumer in consumers
             ]
+        console.print("bare encoder benchmark again, the consumer stopped")
+        bare = bare_bench.bracket(bare_before, await asyncio.to_thread(bare_run))
     figures = phase_figures(phases)
     report |= {"bare": bare, "legacy": legacy, "phases": figures, "cpu_cores": cpu}
     report["verdicts"] = verdicts(figures, bare, cpu)

@@ -95,6 +95,10 @@ async def test_a_tiny_load_test_measures_every_figure(tmp_path: Path) -> None:
     verdicts, bare = report["verdicts"], report["bare"]
     assert (bare["model"], bare["batch"]) == ("random:tiny", 8)
     assert verdicts["efficiency"] == pytest.approx(steady["images_per_s"] / bare["images_per_s"])
+    # The bare figure brackets the consumer's phases: measured before and after, averaged.
+    before, after = bare["before"]["images_per_s"], bare["after"]["images_per_s"]
+    assert bare["images_per_s"] == pytest.approx((before + after) / 2)
+    assert bare["drift"] == pytest.approx(after / before - 1)
     assert verdicts["latency"]["limit_ms"] == pytest.approx(3 * bare["service_ms"])
 
     legacy = report["legacy"]
