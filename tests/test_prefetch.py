@@ -44,6 +44,7 @@ class Stages:
         self.log: list[str] = []
         self.gates: dict[int, asyncio.Event] = {}
         self.unavailable: set[int] = set()  # first offsets whose prepare fails for good
+        self.handled: list[int] = []  # batch sizes the done callback saw
 
     async def prepare(self, records: Sequence[Record]) -> Sequence[Record]:
         first = records[0].offset
@@ -86,18 +87,28 @@ def _handler(
         if published is not None:
             published.extend(d.record.offset for d in delivered)
 
-    done: list[Handled] = []
+    def done(handled: Handled, polled: int) -> None:
+        stages.handled.append(polled)
+
     handler = BatchHandler("clip", stages.process, publish, settings, asyncio.Event())
-    return PrefetchingHandler(handler, stages.prepare, stages.complete, lambda h, n: done.append(h))
+    return PrefetchingHandler(handler, stages.prepare, stages.complete, done)
 
 
-async def test_the_next_batch_is_prepared_while_the_current_one_is_on_the_device() -> None:
-    stages, consumer = Stages(), Consumer()
+async def _batch_4_behind_batch_0(
+    stages: Stages, consumer: Consumer
+) -> tuple[PrefetchingHandler, asyncio.Task[None]]:
+    """Batch 0 held on the device (its gate), batch 4 polled meanwhile."""
     stages.gates[0] = asyncio.Event()
     prefetching = _handler(stages)
     await prefetching.submit(consumer, _batch(0))
     second = asyncio.create_task(prefetching.submit(consumer, _batch(4)))
     await asyncio.sleep(0.05)
+    return prefetching, second
+
+
+async def test_the_next_batch_is_prepared_while_the_current_one_is_on_the_device() -> None:
+    stages, consumer = Stages(), Consumer()
+    prefetching, second = await _batch_4_behind_batch_0(stages, consumer)
     # Batch 0 is held on the device; batch 4 was prepared meanwhile, and waits.
     assert stages.log == ["prepare 0", "complete 0", "prepare 4"]
     assert not second.done()
@@ -117,6 +128,7 @@ async def test_commits_stay_in_poll_order_and_every_batch_is_published() -> None
     await prefetching.drain(5.0)
     assert consumer.commits == [{TP: first + 4} for first in range(0, 40, 4)]
     assert published == list(range(40))
+    assert stages.handled == [4] * 10
     assert consumer.seeks == []
 
 
@@ -141,11 +153,7 @@ async def test_a_batch_after_one_that_failed_is_dropped_and_rewound_with_it() ->
 
 async def test_a_batch_polled_before_a_rebalance_is_dropped_uncommitted() -> None:
     stages, consumer = Stages(), Consumer()
-    stages.gates[0] = asyncio.Event()
-    prefetching = _handler(stages)
-    await prefetching.submit(consumer, _batch(0))
-    second = asyncio.create_task(prefetching.submit(consumer, _batch(4)))
-    await asyncio.sleep(0.05)
+    prefetching, second = await _batch_4_behind_batch_0(stages, consumer)
     await prefetching.handler.listener.on_partitions_revoked(set())  # a rebalance begins
     stages.gates[0].set()
     await second
