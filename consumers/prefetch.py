@@ -65,8 +65,13 @@ class PrefetchingHandler:
             return
         polled = _Polled(records, inflight.rebalances)
         prepared = asyncio.ensure_future(self.prepare(records))
-        previous, self._previous = self._previous, None
-        delivered = previous is None or await asyncio.shield(previous.delivered)
+        previous = self._previous
+        try:
+            delivered = previous is None or await asyncio.shield(previous.delivered)
+        except asyncio.CancelledError:  # the subscriber is being torn down
+            prepared.cancel()
+            raise
+        self._previous = None
         if inflight.stopping.is_set() or inflight.rebalances != polled.rebalances:
             await _discard(prepared)
             return

@@ -122,7 +122,7 @@ class EncoderRpc:
         kafka = settings.kafka
         subscriber = broker.subscriber(
             topics.rpc,
-            group_id=RPC_GROUP,
+            group_id=topics.group(RPC_GROUP),
             # Best-effort by design: a request lost to a crash times out at the gateway.
             ack_policy=AckPolicy.ACK,
             decoder=_raw_body,

@@ -81,7 +81,9 @@ class TaskSettings(BaseModel):
         default=None, description="Used (with one warning line) when `model` cannot be loaded."
     )
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, ...")
-    group_id: str | None = Field(default=None, description="Default: imagestream-<task>.")
+    group_id: str | None = Field(
+        default=None, description="Default: imagestream-<task>, after KAFKA__TOPIC_PREFIX."
+    )
     max_records: int = Field(default=32, ge=1, description="Largest micro-batch.")
     batch_timeout_ms: int = Field(default=200, ge=1)
     collection: str
@@ -194,7 +196,9 @@ class SearchSettings(BaseModel):
     """
 
     enabled: bool = Field(default=True, description="Serve queries beside the clip task.")
-    group_id: str | None = Field(default=None, description="Default: imagestream-search.")
+    group_id: str | None = Field(
+        default=None, description="Default: imagestream-search, after KAFKA__TOPIC_PREFIX."
+    )
     max_records: int = Field(default=32, ge=1, description="Largest micro-batch of queries.")
     batch_timeout_ms: int = Field(default=50, ge=1)
 

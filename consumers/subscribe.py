@@ -8,6 +8,7 @@ from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
 
 from consumers.settings import KafkaSettings, SearchSettings, TaskSettings
+from schemas.topics import Topics
 
 
 async def raw_values(msg: Any) -> list[bytes]:
@@ -26,11 +27,12 @@ def batch_subscriber(
     listener: Any,
     description: str,
 ) -> Any:
-    """A subscriber for group ``options.group_id`` (default ``imagestream-<name>``) whose
+    """A subscriber for group ``options.group_id`` (default ``imagestream-<name>`` after
+    the topic prefix) whose
     commits the handler makes; ``listener`` sees the group's rebalances."""
     return broker.subscriber(
         topic,
-        group_id=options.group_id or f"imagestream-{name}",
+        group_id=options.group_id or Topics(kafka.topic_prefix).group(f"imagestream-{name}"),
         batch=True,
         max_records=options.max_records,
         batch_timeout_ms=options.batch_timeout_ms,

@@ -20,6 +20,11 @@ class Topics:
     def _name(self, base: str) -> str:
         return f"{self.prefix}.{base}" if self.prefix else base
 
+    def group(self, name: str) -> str:
+        """A default consumer group, prefixed like the topics: deployments that share a
+        Kafka cluster under different prefixes never share, or rebalance, a group."""
+        return self._name(name)
+
     @property
     def images(self) -> str:
         return self._name(IMAGES)

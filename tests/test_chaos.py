@@ -119,7 +119,7 @@ class Consumer:
 
 
 def _group(settings: Settings) -> str:
-    return f"imagestream-clip-{settings.kafka.topic_prefix}"
+    return Topics(settings.kafka.topic_prefix).group("imagestream-clip")
 
 
 def _consumer_env(
@@ -145,9 +145,6 @@ def _consumer_env(
         IMAGESTREAM_CLIP__MODEL="random:tiny",
         IMAGESTREAM_CLIP__DEVICE="cpu",
         IMAGESTREAM_CLIP__MAX_RECORDS="64",
-        # A group of its own: on Tansu 0.6, after other tests' consumers had used
-        # imagestream-clip (on other topics), a new member of it never started.
-        IMAGESTREAM_CLIP__GROUP_ID=_group(settings),
         IMAGESTREAM_DELIVERY__RETRY_DELAYS_S="[0.5, 1, 2, 4]",
         IMAGESTREAM_DELIVERY__REPLAY_PAUSE_S="2",
         IMAGESTREAM_DELIVERY__GRACEFUL_TIMEOUT_S=str(GRACEFUL_S),

@@ -34,7 +34,6 @@ from tests.stack_settings import stack_settings
 pytestmark = pytest.mark.integration
 S3_SECRET = f"s3-secret-{uuid.uuid4().hex}"
 SASL_SECRET = f"sasl-secret-{uuid.uuid4().hex}"
-GROUP = "imagestream-clip"
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +102,9 @@ async def _run_corpus(
     async with result_reader(settings) as reader:
         await produce(settings, [record for case in cases for record in case.records])
         results = await collect(reader, expected, timeout_s=120)
-        await wait_until_committed(settings, service.topics.images, GROUP, timeout_s=60)
+        await wait_until_committed(
+            settings, service.topics.images, service.topics.group("imagestream-clip"), 60
+        )
         results += await collect(reader, 1, timeout_s=1.0)  # anything beyond the expected
     by_case: dict[str, list[TaskResult]] = defaultdict(list)
     for result in results:

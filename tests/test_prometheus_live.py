@@ -190,7 +190,8 @@ async def test_prometheus_scrapes_results_latency_and_lag(
     settings: Settings, prometheus: Prometheus
 ) -> None:
     ok_before, missing_before = _counted("ok"), _counted("error", "object_not_found")
-    images = Topics(settings.kafka.topic_prefix).images
+    topics = Topics(settings.kafka.topic_prefix)
+    images, group = topics.images, topics.group("imagestream-clip")
     async with running_consumers(settings, ["clip"]):
         await _ingest(settings, ["astronaut", "coffee"], bad=1)
         await prometheus.wait_for(OK, ok_before + 2)
@@ -200,7 +201,7 @@ async def test_prometheus_scrapes_results_latency_and_lag(
         missing = await prometheus.wait_for(MISSING, missing_before + 1)
         p99 = await prometheus.value(P99)
         lag = await prometheus.query(
-            f'imagestream_consumer_lag{{group="imagestream-clip", topic="{images}"}}'
+            f'imagestream_consumer_lag{{group="{group}", topic="{images}"}}'
         )
         received = await prometheus.value("sum(faststream_received_messages_total)")
         up = await prometheus.value('up{job="imagestream"}')

@@ -27,7 +27,7 @@ from tests.stack_settings import stack_settings
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
-GROUP = "imagestream-clip"
+GROUP = "imagestream-clip"  # after the test's topic prefix
 GRACEFUL_S = 5.0
 
 
@@ -84,11 +84,13 @@ async def _results(settings: Settings, events: list[ImageSubmitted]) -> list[Tas
 
 
 async def _committed(settings: Settings) -> dict[int, int]:
-    return (await offsets(settings, Topics(settings.kafka.topic_prefix).images, GROUP))[1]
+    topics = Topics(settings.kafka.topic_prefix)
+    return (await offsets(settings, topics.images, topics.group(GROUP)))[1]
 
 
 async def _every_event_gets_one_result_id(settings: Settings, events: list[ImageSubmitted]) -> None:
-    await wait_until_committed(settings, Topics(settings.kafka.topic_prefix).images, GROUP, 90)
+    topics = Topics(settings.kafka.topic_prefix)
+    await wait_until_committed(settings, topics.images, topics.group(GROUP), 90)
     ids: dict[str, set[str]] = defaultdict(set)
     for result in await _results(settings, events):
         assert result.status is Status.OK, result.error

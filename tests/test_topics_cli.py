@@ -42,3 +42,10 @@ async def test_creates_every_topic_and_refuses_to_shrink_the_ask(
     assert await asyncio.to_thread(main, ["topics", "create"]) == 0
     assert await asyncio.to_thread(main, ["topics", "create", "--partitions", "5"]) == 1
     assert "fewer than 5 partitions" in capsys.readouterr().err
+
+
+def test_default_groups_carry_the_topic_prefix() -> None:
+    # Two deployments sharing a cluster under different prefixes must not share a group
+    # (a member of one would take the other's partitions in every rebalance).
+    assert Topics("acme").group("imagestream-clip") == "acme.imagestream-clip"
+    assert Topics().group("imagestream-clip") == "imagestream-clip"
