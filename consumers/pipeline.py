@@ -127,11 +127,8 @@ class ImagePipeline:
         """The device half: decode what is not yet, one model call, store and search."""
         results = dict(batch.results)
         stamp(batch.jobs, "wait", since(batch.ready_at))
-        undecoded = [job for job in batch.jobs if job.data is not None]
-        jobs = [job for job in batch.jobs if job.data is None]
-        jobs += await self._each(undecoded, results, self._decode)
+        jobs = await self._each(batch.jobs, results, self._decode)
         if jobs:
-            jobs.sort(key=lambda job: job.index)
             await self._infer_and_store(jobs)
             completed_at = utcnow()  # one stamp: a batch's results complete together
             for job in jobs:
@@ -182,8 +179,10 @@ class ImagePipeline:
         job.watch.add("fetch", since(start))
 
     async def _decode(self, job: Job[Any]) -> None:
+        if job.data is None:  # decoded ahead (prefetch) already
+            return
         start = perf_counter()
-        data, job.data = job.data or b"", None
+        data, job.data = job.data, None
         job.prepared = await self._run(self.pools.decode, partial(self._decode_bytes, data))
         job.watch.add("decode", since(start))
 
@@ -199,12 +198,16 @@ class ImagePipeline:
         await self._run(self.pools.store, partial(self.task.store_and_search, jobs, outputs))
 
     def _ok(self, job: Job[Any], completed_at: datetime) -> TaskResult:
+        event = job.event
         return ok_result(
             self.name,
-            job.event,
+            event.event_id,
+            event.image_id,
             model=self.task.model_name,
             dim=self.task.dim,
             watch=job.watch,
+            reply=event.reply,
+            submitted_at=event.submitted_at,
             completed_at=completed_at,
             **job.fields,
         )

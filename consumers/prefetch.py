@@ -35,13 +35,9 @@ OnHandled = Callable[[Handled, int], None]
 
 
 @dataclass(frozen=True, slots=True)
-class _Polled:
+class _Delivering:
     records: Sequence[Record]
     rebalances: int  # InFlight.rebalances when it was polled
-
-
-@dataclass(frozen=True, slots=True)
-class _Delivering(_Polled):
     delivered: asyncio.Task[bool]  # shielded when awaited: a cancelled handler must not stop it
 
 
@@ -63,7 +59,7 @@ class PrefetchingHandler:
         inflight = self.handler.inflight
         if inflight.stopping.is_set():
             return
-        polled = _Polled(records, inflight.rebalances)
+        rebalances = inflight.rebalances
         prepared = asyncio.ensure_future(self.prepare(records))
         previous = self._previous
         try:
@@ -72,18 +68,18 @@ class PrefetchingHandler:
             prepared.cancel()
             raise
         self._previous = None
-        if inflight.stopping.is_set() or inflight.rebalances != polled.rebalances:
+        if inflight.stopping.is_set() or inflight.rebalances != rebalances:
             await _discard(prepared)
             return
         # A batch that failed before a rebalance says nothing of one polled after it:
         # the rebalance already restarted every partition from its committed offset.
-        if previous is not None and not delivered and previous.rebalances == polled.rebalances:
+        if previous is not None and not delivered and previous.rebalances == rebalances:
             await _discard(prepared)
             rewind(consumer, inflight, [*previous.records, *records])
             log.info("%s: prefetched batch of %d rewound", self.handler.task, len(records))
             return
         task = asyncio.create_task(self._deliver(consumer, records, prepared))
-        self._previous = _Delivering(records, polled.rebalances, task)
+        self._previous = _Delivering(records, rebalances, task)
 
     async def _deliver(
         self, consumer: Any, records: Sequence[Record], prepared: asyncio.Future[Any]

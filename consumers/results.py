@@ -8,7 +8,6 @@ from typing import Any
 
 from consumers.errors import ItemError
 from schemas.events import (
-    ImageSubmitted,
     Reply,
     Status,
     TaskError,
@@ -39,25 +38,28 @@ def since(start: float) -> float:
 
 def ok_result(
     task: str,
-    event: ImageSubmitted,
+    event_id: str,
+    image_id: str,
     *,
     model: str,
     dim: int,
     watch: Stopwatch,
+    reply: Reply | None = None,
+    submitted_at: datetime | None = None,
     **fields: Any,
 ) -> TaskResult:
-    """``fields`` are the task's own: neighbors, faces, labels, caption."""
+    """``fields`` are the task's own: neighbors, faces, labels, caption, truncated."""
     return TaskResult(
-        result_id=result_id(event.event_id, task),
-        source_event_id=event.event_id,
-        image_id=event.image_id,
+        result_id=result_id(event_id, task),
+        source_event_id=event_id,
+        image_id=image_id,
         task=task,
         status=Status.OK,
         model=model,
         dim=dim,
         timings=watch.timings(),
-        reply=event.reply,
-        submitted_at=event.submitted_at,
+        reply=reply,
+        submitted_at=submitted_at,
         **fields,
     )
 

@@ -30,12 +30,12 @@ from faststream.kafka import KafkaBroker
 from consumers.delivery import BatchHandler, Delivered
 from consumers.metrics import observe_results
 from consumers.records import BadEvent, Record, parse_event
-from consumers.results import Stopwatch, error_result, since
+from consumers.results import Stopwatch, error_result, ok_result, since
 from consumers.settings import Settings
 from consumers.store import VectorStore
 from consumers.subscribe import batch_subscriber
 from consumers.tasks.base import ImageTask, strip_tenant, vector_id
-from schemas.events import Neighbor, Status, TaskResult, TextQuery, dump, result_id
+from schemas.events import Neighbor, TaskResult, TextQuery, dump
 from schemas.topics import Topics
 
 TASK = "search"
@@ -181,18 +181,16 @@ def _name(encoder: Any) -> str | None:
 def _ok(
     query: TextQuery, neighbors: list[Neighbor], truncated: bool, encoder: Any, watch: Stopwatch
 ) -> TaskResult:
-    return TaskResult(
-        result_id=result_id(query.event_id, TASK),
-        source_event_id=query.event_id,
-        image_id=query.query_id,
-        task=TASK,
-        status=Status.OK,
+    return ok_result(
+        TASK,
+        query.event_id,
+        query.query_id,
         model=encoder.model_name,
         dim=encoder.dim,
+        watch=watch,
+        submitted_at=query.submitted_at,
         neighbors=neighbors,
         truncated=truncated,
-        timings=watch.timings(),
-        submitted_at=query.submitted_at,
     )
 
 

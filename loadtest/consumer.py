@@ -123,14 +123,9 @@ def thread_cpu_seconds(pid: int | None) -> dict[str, float]:
     by_name: dict[str, float] = {}
     tasks = Path(f"/proc/{pid}/task")
     for thread in tasks.iterdir() if pid is not None and tasks.exists() else []:
-        try:
-            text = (thread / "stat").read_text()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        fields = text[text.rindex(")") + 2 :].split()
-        ticks = int(fields[11]) + int(fields[12])
-        by_name[name] = by_name.get(name, 0.0) + ticks / _CLOCK_TICKS
+        if (stat := _read_stat(thread)) is not None:
+            name, _, ticks = stat
+            by_name[name] = by_name.get(name, 0.0) + ticks / _CLOCK_TICKS
     return by_name
 
 
@@ -138,16 +133,25 @@ def _proc_stats() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, user + system ticks)."""
     stats: dict[int, tuple[int, int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name (field 2) may hold spaces and parentheses: split after it.
-        fields = text[text.rindex(")") + 2 :].split()
-        stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        if entry.name.isdigit() and (stat := _read_stat(entry)) is not None:
+            _, parent, ticks = stat
+            stats[int(entry.name)] = (parent, ticks)
     return stats
+
+
+def _read_stat(folder: Path) -> tuple[str, int, int] | None:
+    """(name, parent pid, user + system ticks) from a process's or thread's ``stat``;
+    None once it has gone."""
+    try:
+        text = (folder / "stat").read_text()
+    except OSError:
+        return None
+    # The name (field 2) may hold spaces and parentheses: split after its last ")".
+    name, fields = (
+        text[text.index("(") + 1 : text.rindex(")")],
+        text[text.rindex(")") + 2 :].split(),
+    )
+    return name, int(fields[1]), int(fields[11]) + int(fields[12])
 
 
 def self_cpu_seconds() -> float:
