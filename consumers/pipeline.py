@@ -11,8 +11,6 @@ as exceptions, for the caller to retry.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -29,6 +27,7 @@ from consumers.results import Stopwatch, error_result, ok_result, since
 from consumers.s3 import S3Store, S3Unavailable
 from consumers.settings import DecodeSettings
 from consumers.tasks.base import ImageTask, Job, stamp
+from consumers.threads import named_pool
 from schemas.events import ErrorCode, TaskResult, utcnow
 
 log = logging.getLogger("imagestream.pipeline")
@@ -48,7 +47,7 @@ class Pools:
     def create(cls, decode_threads: int) -> Pools:
         return cls(
             *(
-                _pool(name, n)
+                named_pool(name, n)
                 for name, n in (("decode", decode_threads), ("device", 1), ("milvus", 1))
             )
         )
@@ -56,17 +55,6 @@ class Pools:
     def shutdown(self) -> None:
         for pool in (self.decode, self.device, self.store):
             pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _pool(name: str, threads: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(threads, name, initializer=name_native_thread, initargs=(name,))
-
-
-def name_native_thread(name: str) -> None:
-    """Name the OS thread (Linux; ``top -H`` and /proc show it): threads it starts, such
-    as the model's OpenMP workers, inherit the name, so CPU use is attributable per role."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
 
 
 @dataclass(frozen=True)

@@ -341,6 +341,12 @@ class Settings(BaseSettings):
         default=Path.home() / ".cache" / "imagestream" / "models",
         description="Where random:<preset> models are built and saved.",
     )
+    cpu_workers: int = Field(
+        default=0,
+        ge=0,
+        description="CPU inference: split each batch over this many single-threaded "
+        "workers (0 = one per torch thread, i.e. per core; 1 = one call on torch's threads).",
+    )
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -61,6 +61,7 @@ def bare_benchmark(
         "batch": len(tensors),
         "batches": batches,
         "torch_threads": torch.get_num_threads(),
+        "cpu_workers": workers.count if (workers := encoder.cpu_workers()) else 1,
         "images_per_s": len(tensors) * batches / sum(times),
         # CPU time is far less sensitive than wall time to other work on a shared machine.
         "images_per_cpu_s": len(tensors) * batches / cpu if cpu > 0 else None,

@@ -10,7 +10,7 @@ in a thread pool while the device works on the previous batch.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
+from consumers.encoders.cpu_workers import CpuWorkers, cpu_workers
 from consumers.settings import Settings, TaskSettings
 
 Vectors = NDArray[np.float32]
@@ -65,11 +66,21 @@ class Encoder(ABC):
         out = torch.nn.functional.normalize(output.float(), dim=-1)
         return out.cpu().numpy().astype(np.float32, copy=False)
 
-    def encode_images(self, tensors: list[torch.Tensor]) -> Vectors:
-        """Collate, forward and postprocess; blocking (run it in a thread)."""
+    def encode_images(self, tensors: Sequence[torch.Tensor]) -> Vectors:
+        """Collate, forward and postprocess; blocking (run it in a thread). On a CPU the
+        batch is split over single-threaded workers (``consumers/encoders/cpu_workers.py``)."""
+        workers = self.cpu_workers()
+        if workers is None or len(tensors) < 2:
+            return self._encode(tensors)
+        return np.concatenate(workers.map(self._encode, tensors))
+
+    def cpu_workers(self) -> CpuWorkers | None:
+        """The workers a CPU batch is split over; None on an accelerator."""
+        return cpu_workers(self.device, self.settings.cpu_workers)
+
+    def _encode(self, tensors: Sequence[torch.Tensor]) -> Vectors:
         with torch.inference_mode():
-            batch = torch.stack(tensors)
-            return self.postprocess(self.forward(batch))
+            return self.postprocess(self.forward(torch.stack(list(tensors))))
 
 
 EncoderFactory = Callable[[TaskSettings, Settings], Encoder]
