@@ -84,4 +84,6 @@ def bracket(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         if before.get(key) is not None and after.get(key) is not None
     }
     drift = after["images_per_s"] / before["images_per_s"] - 1
-    return before | averaged | {"before": before, "after": after, "drift": drift}
+    # Percentiles do not average: each run's batch_ms stays under before/after only.
+    common = {key: value for key, value in before.items() if key != "batch_ms"}
+    return common | averaged | {"before": before, "after": after, "drift": drift}

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from PIL import Image
 from rich.console import Console
 
 from consumers.cli import _parser
-from loadtest import gpu_bench
+from loadtest import gpu_bench, interference
 from loadtest.cli import _config, _setting, loadtest_command
 from loadtest.config import LoadtestConfig
 from loadtest.run import loadtest
@@ -72,6 +74,24 @@ def test_the_gpu_bench_script_runs_on_the_cpu_with_a_tiny_model(
     assert figures["cpu_decode+encode images/s"] > 0  # Pillow path; nvJPEG needs CUDA
 
 
+def test_the_interference_bench_compares_one_call_and_split_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("IMAGESTREAM_MODEL_CACHE_DIR", str(tmp_path))
+    argv = ["--model", "random:tiny", "--batch", "4", "--batches", "1", "--rounds", "1"]
+    interference.main([*argv, "--load", "0.2"])
+    lines = capsys.readouterr().out.splitlines()
+    split = torch.get_num_threads()  # the split's default: one worker per torch thread
+    assert [line.split(":")[0] for line in lines] == ["cpu_workers=1", f"cpu_workers={split}"]
+    for line in lines:
+        alone, loaded = (float(x) for x in re.findall(r"([0-9.]+) img/s", line))
+        assert alone > 0
+        assert loaded > 0
+        assert "(floor " in line
+    with pytest.raises(SystemExit):
+        interference.main([*argv, "--load", "0"])
+
+
 @pytest.mark.integration
 async def test_a_tiny_load_test_measures_every_figure(tmp_path: Path) -> None:
     config = LoadtestConfig(
@@ -99,6 +119,8 @@ async def test_a_tiny_load_test_measures_every_figure(tmp_path: Path) -> None:
     before, after = bare["before"]["images_per_s"], bare["after"]["images_per_s"]
     assert bare["images_per_s"] == pytest.approx((before + after) / 2)
     assert bare["drift"] == pytest.approx(after / before - 1)
+    assert "batch_ms" not in bare  # per run only: percentiles of two runs do not average
+    assert bare["cpu_workers"] == bare["before"]["cpu_workers"] >= 1
     assert verdicts["latency"]["limit_ms"] == pytest.approx(3 * bare["service_ms"])
 
     legacy = report["legacy"]
