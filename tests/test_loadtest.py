@@ -132,8 +132,9 @@ async def test_a_tiny_load_test_measures_every_figure(tmp_path: Path) -> None:
     _check_files(report["files"], verdicts, rows=24 + latency["results"])
     assert report["results_per_consumer"] == [8 + 24 + latency["results"]]  # warm-up too
     cores = report["cpu_cores"]["saturation"]["cores"]
-    assert cores["consumer thread device"] > 0  # the pools' threads are named, so
-    assert "consumer thread decode" in cores  # the CPU per role can be told apart
+    # The pools' threads are named, so the CPU per role can be told apart (a tiny model's
+    # share can round to 0 clock ticks, so only the names are checked).
+    assert {"consumer thread device", "consumer thread decode"} <= cores.keys()
 
 
 @pytest.mark.integration
