@@ -67,18 +67,7 @@ class ConsumerProcess:
 
     def results_published(self) -> int:
         """The results this process has published (its ``imagestream_results_total``)."""
-        url = f"http://{HOST}:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        return round(
-            sum(
-                sample.value
-                for family in text_string_to_metric_families(text)
-                if family.name == "imagestream_results"
-                for sample in family.samples
-                if sample.name == "imagestream_results_total"
-            )
-        )
+        return results_published(self.metrics_port)
 
     def _why(self, what: str) -> str:
         tail = self.log_path.read_text(errors="replace").splitlines()[-20:]
@@ -95,6 +84,22 @@ class ConsumerProcess:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+
+def results_published(metrics_port: int) -> int:
+    """The ``imagestream_results_total`` of the process serving metrics on this port."""
+    url = f"http://{HOST}:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return round(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "imagestream_results"
+            for sample in family.samples
+            if sample.name == "imagestream_results_total"
+        )
+    )
 
 
 def cpu_seconds(pid: int | None) -> float | None:

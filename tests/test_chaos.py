@@ -33,8 +33,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from consumers.kafka import client_kwargs
 from consumers.s3 import S3Store
 from consumers.settings import KafkaSettings, MilvusSettings, S3Settings, Settings
-from consumers.stack import Broker, _die_with_parent, create_topics
+from consumers.stack import Broker, _die_with_parent, create_topics, free_port
 from consumers.store import VectorStore
+from loadtest.consumer import results_published
 from schemas.events import ImageSubmitted, Status, TaskResult, dump
 from schemas.topics import Topics
 from tests.helpers import jpeg
@@ -74,12 +75,15 @@ class Consumer:
         self.log: IO[bytes] = (folder / "consumer.log").open("ab")
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.metrics_port = 0
 
     def start(self) -> None:
         command = [str(Path(sys.executable).parent / "imagestream"), "consume", "--tasks", "clip"]
         self.starts += 1
+        self.metrics_port = free_port()  # this process's own counters, not its predecessor's
+        env = self.env | {"IMAGESTREAM_METRICS__PORT": str(self.metrics_port)}
         self.process = subprocess.Popen(
-            command, env=self.env, cwd=self.folder, stdin=subprocess.DEVNULL, stdout=self.log,
+            command, env=env, cwd=self.folder, stdin=subprocess.DEVNULL, stdout=self.log,
             stderr=subprocess.STDOUT, preexec_fn=_die_with_parent(),  # noqa: PLW1509
         )  # fmt: skip
 
@@ -92,6 +96,13 @@ class Consumer:
                 return False
             await asyncio.sleep(0.2)
         return True
+
+    async def published(self) -> int:
+        """Results published by the process started last (0 until it serves metrics)."""
+        try:
+            return await asyncio.to_thread(results_published, self.metrics_port)
+        except OSError:  # not listening yet (URLError is an OSError)
+            return 0
 
     def tail(self, lines: int = 40) -> str:
         text = (self.folder / "consumer.log").read_text(errors="replace")
@@ -141,7 +152,6 @@ def _consumer_env(
         IMAGESTREAM_S3__READ_TIMEOUT_S="5",
         IMAGESTREAM_DELIVERY__PREFETCH="decode",  # the GPU default: the deepest overlap
         IMAGESTREAM_MILVUS__URI=str(folder / "milvus.db"),
-        IMAGESTREAM_METRICS__PORT="0",
         IMAGESTREAM_CLIP__MODEL="random:tiny",
         IMAGESTREAM_CLIP__DEVICE="cpu",
         IMAGESTREAM_CLIP__MAX_RECORDS="64",
@@ -252,12 +262,24 @@ class Chaos:
         self.note(f"SIGKILL #{self.consumer.starts} at {len(self.tally.ids)} events with results")
         self.consumer.start()
 
+    async def working(self, results: int, timeout_s: float) -> None:
+        """Until the process started last has published ``results`` results itself, or
+        every steady event has one. Counting the tally instead once let late results of
+        the process killed before pass for progress: S3 was cut before the new one had
+        joined its group, and its first retry came after the test stopped looking."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.tally.ids) < EVENTS - HELD_BACK:
+            if await self.consumer.published() >= results:
+                return
+            assert time.monotonic() < deadline, f"start #{self.consumer.starts}: no results"
+            await asyncio.sleep(0.2)
+
     async def run(self) -> None:
         self.consumer.start()
         self.note("consumer started")
         await self.kill_and_restart(after_progress=True)
         await self.kill_and_restart(after_progress=True)
-        await _progress(self.tally, 20, timeout_s=120, cap=EVENTS - HELD_BACK)
+        await self.working(results=20, timeout_s=120)
         await self.proxy.block()
         back = time.monotonic() + OUTAGE_S
         self.note(f"S3 unreachable at {len(self.tally.ids)} events with results")
