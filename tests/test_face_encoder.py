@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import skimage.data
+import torch
 from PIL import Image
 
 from consumers.decode import SOURCE_SIZE, decode_image
@@ -122,6 +125,15 @@ def test_one_batched_call_equals_one_call_per_face(encoder: FaceEncoder) -> None
     assert np.allclose(batched[: len(crops)], batched[len(crops) :], atol=1e-6)
     assert float(batched[0] @ batched[1]) < 0.9  # different faces, far apart
     assert encoder.encode_faces([]).shape == (0, 512)
+
+
+def test_only_a_torch_face_model_is_split_over_cpu_workers(encoder: FaceEncoder) -> None:
+    assert encoder.parallel_forward
+    assert (encoder.cpu_workers() is None) == (torch.get_num_threads() < 2)
+    native = copy.copy(encoder)  # as if DeepFace had loaded OpenCV's SFace
+    native._client = SimpleNamespace(model=object(), input_shape=(112, 112), output_shape=128)
+    assert not native.parallel_forward
+    assert native.cpu_workers() is None
 
 
 def test_missing_weights_stop_the_start_with_one_line_naming_file_and_folder(

@@ -2,8 +2,9 @@
 
 An encoder is loaded lazily (``load``), turns a decoded RGB image into a CPU tensor
 (``preprocess``, safe to call from many threads), runs one batched call on its device
-(``forward``, called from one dedicated thread) and returns float32 rows
-(``postprocess``). Keeping the stages separate lets the pipeline decode and preprocess
+(``forward``: from the device thread, or on a CPU from several worker threads at once,
+one shard of the batch each, unless ``parallel_forward`` is false) and returns float32
+rows (``postprocess``). Keeping the stages separate lets the pipeline decode and preprocess
 in a thread pool while the device works on the previous batch.
 """
 
@@ -74,8 +75,16 @@ class Encoder(ABC):
             return self._encode(tensors)
         return np.concatenate(workers.map(self._encode, tensors))
 
+    @property
+    def parallel_forward(self) -> bool:
+        """Whether ``forward`` may run in several threads at once (a torch module may)."""
+        return True
+
     def cpu_workers(self) -> CpuWorkers | None:
-        """The workers a CPU batch is split over; None on an accelerator."""
+        """The workers a CPU batch is split over; None on an accelerator, or where
+        ``forward`` must not run in several threads at once."""
+        if not self.parallel_forward:
+            return None
         return cpu_workers(self.device, self.settings.cpu_workers)
 
     def _encode(self, tensors: Sequence[torch.Tensor]) -> Vectors:

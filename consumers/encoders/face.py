@@ -146,6 +146,12 @@ class FaceEncoder(Encoder):
         width, height = self.client.input_shape
         return torch.empty((0, 3, height, width))
 
+    @property
+    def parallel_forward(self) -> bool:
+        # DeepFace's other backends (OpenCV's SFace, Dlib) are one native object with
+        # per-call state: one thread at a time.
+        return isinstance(self.client.model, torch.nn.Module)
+
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         client = self.client
         if isinstance(client.model, torch.nn.Module):
