@@ -277,7 +277,11 @@ class LegacySettings(BaseModel):
         description="CIDRs reachable although private or loopback (downloads and callbacks).",
     )
     staging_prefix: str = Field(default="legacy", description="Key prefix of staged downloads.")
-    group_id: str = Field(default="imagestream-legacy-callbacks", min_length=1)
+    group_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Default: imagestream-legacy-callbacks, after KAFKA__TOPIC_PREFIX.",
+    )
     callback_attempts: int = Field(default=8, ge=1, description="Tries per callback.")
     callback_backoff_s: float = Field(default=0.5, gt=0, description="First retry delay.")
     callback_backoff_max_s: float = Field(default=8.0, gt=0, description="Longest retry delay.")

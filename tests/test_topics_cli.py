@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any, cast
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.cli import main
+from consumers.legacy.callbacks import CallbackSender
+from consumers.settings import KafkaSettings, LegacySettings, Settings
 from consumers.stack import Broker
 from schemas.topics import Topics
 
@@ -49,3 +52,11 @@ def test_default_groups_carry_the_topic_prefix() -> None:
     # (a member of one would take the other's partitions in every rebalance).
     assert Topics("acme").group("imagestream-clip") == "acme.imagestream-clip"
     assert Topics().group("imagestream-clip") == "imagestream-clip"
+    # The legacy adapter's callbacks group too, unless one is set explicitly.
+    for explicit, group in ((None, "acme.imagestream-legacy-callbacks"), ("mine", "mine")):
+        settings = Settings(
+            _env_file=None,
+            kafka=KafkaSettings(topic_prefix="acme"),
+            legacy=LegacySettings(group_id=explicit),
+        )
+        assert CallbackSender(settings, cast(Any, None), cast(Any, None)).group_id == group

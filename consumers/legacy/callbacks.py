@@ -40,6 +40,7 @@ from schemas.events import CallbackFailed, ErrorCode, Status, TaskResult, dump
 from schemas.topics import Topics
 
 log = logging.getLogger("imagestream.legacy.callbacks")
+CALLBACKS_GROUP = "imagestream-legacy-callbacks"  # the default, after the topic prefix
 CALLBACKS = Counter(
     "imagestream_legacy_callbacks",
     "Legacy callbacks by outcome: delivered, or failed (recorded on the failed topic).",
@@ -123,6 +124,7 @@ class CallbackSender:
         self.settings = settings
         self.legacy = settings.legacy
         self.topics = Topics(settings.kafka.topic_prefix)
+        self.group_id = self.legacy.group_id or self.topics.group(CALLBACKS_GROUP)
         self.client = client
         self.producer = producer
         self._slots = asyncio.Semaphore(self.legacy.callback_concurrency)
@@ -135,7 +137,7 @@ class CallbackSender:
         return AIOKafkaConsumer(
             self.topics.results,
             **client_kwargs(kafka),
-            group_id=self.legacy.group_id,
+            group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset=kafka.auto_offset_reset,
             session_timeout_ms=kafka.session_timeout_ms,
@@ -146,7 +148,7 @@ class CallbackSender:
     async def run(self, stop: asyncio.Event) -> None:
         consumer = self._consumer()
         await consumer.start()
-        log.info("legacy callbacks for %s, group %s", self.topics.results, self.legacy.group_id)
+        log.info("legacy callbacks for %s, group %s", self.topics.results, self.group_id)
         try:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=1000, max_records=64)
