@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="random:vit-b-32")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--batches", type=int, default=5, help="timed batches alone")
+    parser.add_argument("--batches", type=int, default=5, help="timed batches per measurement")
     parser.add_argument("--load", type=_positive, default=0.27, help="background cores")
     parser.add_argument("--rounds", type=int, default=2)
     return parser
