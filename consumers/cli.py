@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from consumers.allocator import retain_freed_memory
 from consumers.errors import ModelLoadError
 from consumers.settings import RUNTIME_DIR, Settings
 
@@ -170,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
     configure_logging(settings.log_level)
+    retain_freed_memory(settings.malloc_keep_mb)
     try:
         if hasattr(args, "handler"):  # classifier, search: consumers/commands.py
             return int(args.handler(args))

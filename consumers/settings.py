@@ -351,6 +351,14 @@ class Settings(BaseSettings):
         description="CPU inference: split each batch over this many single-threaded "
         "workers (0 = one per torch thread, i.e. per core; 1 = one call on torch's threads).",
     )
+    malloc_keep_mb: int = Field(
+        default=256,
+        ge=0,
+        description="glibc only: memory a model call frees stays in the process for the "
+        "next batch instead of going back to the kernel: blocks up to 32 MiB come from "
+        "the heap, and up to this much stays free at the top of each heap "
+        "(consumers/allocator.py; 0 = glibc's defaults).",
+    )
     log_level: str = "INFO"
 
     @model_validator(mode="after")
