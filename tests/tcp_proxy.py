@@ -33,7 +33,7 @@ class TcpProxy:
         return self._server is None
 
     async def start(self) -> Self:
-        self._server = await asyncio.start_server(self._serve, HOST, self.port)
+        self._server = await asyncio.start_server(self._accepted, HOST, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -56,8 +56,8 @@ class TcpProxy:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         # Each connection's handler aborts its two sockets once its pumps end: wait for
-        # it, or the loop can close first and leave the pair to the garbage collector
-        # ("unclosed transport" in pairs, seen in CI); aborts close on the next turn.
+        # it, or the loop can close first and leave them to the garbage collector
+        # ("unclosed transport", seen in CI); aborts close on the next turn.
         await asyncio.gather(*self._handlers, return_exceptions=True)
         await asyncio.sleep(0)
 
@@ -67,29 +67,40 @@ class TcpProxy:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A plain callback runs as the connection is accepted, so a connection is known
+        # (to block() and stop()) before its handler's first step: a handler that
+        # registered itself could still be waiting to start when the loop closed.
+        self._writers.add(writer)
+        handler = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        self._handlers.add(handler)
+        handler.add_done_callback(self._handlers.discard)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        handler = asyncio.current_task()
-        if handler is not None:
-            self._handlers.add(handler)
-            handler.add_done_callback(self._handlers.discard)
+        sides = [writer]
         try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        pair = (writer, upstream_writer)
-        self._writers.update(pair)
-        pumps = [
-            asyncio.create_task(_pump(reader, upstream_writer)),
-            asyncio.create_task(_pump(upstream_reader, writer)),
-        ]
-        self._tasks.update(pumps)
-        try:
-            await asyncio.gather(*pumps, return_exceptions=True)
+            if self.blocked:  # cut between the accept and this first step
+                return
+            try:
+                upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+            except OSError:
+                return
+            sides.append(upstream_writer)
+            self._writers.add(upstream_writer)
+            if self.blocked:  # cut while this connected upstream
+                return
+            pumps = [
+                asyncio.create_task(_pump(reader, upstream_writer)),
+                asyncio.create_task(_pump(upstream_reader, writer)),
+            ]
+            self._tasks.update(pumps)
+            try:
+                await asyncio.gather(*pumps, return_exceptions=True)
+            finally:
+                self._tasks.difference_update(pumps)
         finally:
-            self._tasks.difference_update(pumps)
-            self._writers.difference_update(pair)
-            for side in pair:
+            self._writers.difference_update(sides)
+            for side in sides:
                 side.transport.abort()
 
 

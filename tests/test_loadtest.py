@@ -14,7 +14,7 @@ from PIL import Image
 from rich.console import Console
 
 from consumers.cli import _parser
-from loadtest import gpu_bench, interference
+from loadtest import gpu_bench, interference, s3_bench
 from loadtest.cli import _config, _setting, loadtest_command
 from loadtest.config import LoadtestConfig
 from loadtest.run import loadtest
@@ -90,6 +90,22 @@ def test_the_interference_bench_compares_one_call_and_split_workers(
         assert "(floor " in line
     with pytest.raises(SystemExit):
         interference.main([*argv, "--load", "0"])
+
+
+def test_the_s3_bench_measures_both_clients_against_both_server_modes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    s3_bench.main(["--rounds", "1", "--concurrency", "2"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(line["server"], line["client"]) for line in lines] == [
+        (server, client)
+        for server in ("moto, Connection: close", "moto, keep-alive")
+        for client in ("botocore get_object", "S3Store.get (presigned, aiohttp)")
+    ]
+    for line in lines:
+        assert line["client_cpu_ms_per_get"] > 0
+        assert line["server_cpu_ms_per_get"] >= 0  # 2 GETs can fall under one clock tick
+        assert line["wall_ms_per_get"] > 0
 
 
 @pytest.mark.integration
