@@ -7,9 +7,9 @@ across every caller.
 Reads, the hot path, go around botocore's request machinery: the client presigns the
 GET (so credentials, their refresh, endpoint, region and addressing stay botocore's) and
 the plain aiohttp session fetches it. Measured against the local S3 server
-(docs/performance.md): 1.0 ms of event-loop CPU per GET this way, 2.4 ms through
-``get_object``, which is the largest cost on the consumer's event loop and would cap
-a GPU consumer near 500 images/s per loop.
+(``python -m loadtest.s3_bench``, docs/performance.md): about 1 ms of event-loop CPU
+per GET this way, 1.8-2.1 ms through ``get_object``, the largest cost on the consumer's
+event loop and what caps how many images/s one loop can feed a GPU.
 
 Failures come out in two kinds, because the pipeline treats them differently:
 

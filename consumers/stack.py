@@ -233,9 +233,9 @@ class Broker(_Server):
 
 
 # moto's server as `python -m moto.server` runs, but speaking HTTP/1.1: its werkzeug
-# front end otherwise closes every connection (`Connection: close`), and S3 and MinIO
-# keep them open. Measured (docs/performance.md): client plus server CPU per GET falls
-# from 5.2 to 3.9 ms with keep-alive.
+# front end otherwise closes every connection (`Connection: close`), where S3 and MinIO
+# keep them open, so the local stack would exercise a connection pattern production
+# never sees (python -m loadtest.s3_bench compares the two).
 _MOTO_KEEP_ALIVE = (
     "from moto.server import MotoRequestHandler, main; "
     "MotoRequestHandler.protocol_version = 'HTTP/1.1'; main()"
