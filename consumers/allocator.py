@@ -36,7 +36,7 @@ HEAP_MAX = 64 << 20
 
 def retain_freed_memory(keep_mb: int) -> bool:
     """Fix glibc's mmap threshold, trim threshold and top pad; True when all were set."""
-    if keep_mb <= 0 or not _glibc():
+    if keep_mb <= 0 or not is_glibc():
         return False
     mallopt = ctypes.CDLL("libc.so.6").mallopt
     keep = keep_mb << 20
@@ -52,7 +52,8 @@ def retain_freed_memory(keep_mb: int) -> bool:
     return done
 
 
-def _glibc() -> bool:
+def is_glibc() -> bool:
+    """Whether this process runs on glibc, whose ``mallopt`` thresholds these are."""
     try:
         return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
     except (ValueError, OSError):  # no such name here: not glibc

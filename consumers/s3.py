@@ -54,7 +54,8 @@ _RETRY_BACKOFF_S = 0.1  # doubled per attempt; the pipeline's own retries are lo
 _ERROR_BODY_BYTES = 64 * 1024
 _CHUNK_BYTES = 1024 * 1024
 _MAX_KEY_BYTES = 1024  # S3's own limit
-# put() and ensure_bucket() should not queue behind a pool saturated by get().
+# Reads use the aiohttp session's pool; botocore's serves put() (bounded by the
+# semaphore) and ensure_bucket() (not), which should not queue behind a full pool.
 _SPARE_CONNECTIONS = 4
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
 _TRANSIENT_CODES = frozenset(

@@ -3,13 +3,12 @@ back to the kernel, and the next pass faults them in again) and that it stops th
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from consumers.allocator import retain_freed_memory
+from consumers.allocator import is_glibc, retain_freed_memory
 from consumers.settings import Settings
 
 # What a ViT forward pass does to memory, in a worker thread as the model runs: 12
@@ -44,10 +43,7 @@ faults(3)
 print(faults(10))
 """
 
-glibc_only = pytest.mark.skipif(
-    sys.platform != "linux" or not os.confstr("CS_GNU_LIBC_VERSION"),
-    reason="the thresholds are glibc's",
-)
+glibc_only = pytest.mark.skipif(not is_glibc(), reason="the thresholds are glibc's")
 
 
 def _faults(keep_mb: int) -> int:
