@@ -12,6 +12,7 @@ from pathlib import Path
 from consumers.allocator import retain_freed_memory
 from consumers.errors import ModelLoadError
 from consumers.settings import RUNTIME_DIR, Settings
+from consumers.threads import limit_blas_threads
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -172,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings()
     configure_logging(settings.log_level)
     retain_freed_memory(settings.malloc_keep_mb)
+    limit_blas_threads(settings.blas_threads)
     try:
         if hasattr(args, "handler"):  # classifier, search: consumers/commands.py
             return int(args.handler(args))

@@ -33,7 +33,7 @@ import torch
 from aiokafka.errors import KafkaError
 
 from consumers.errors import ItemError
-from consumers.inflight import Abandoned, InFlight, RevokeListener, next_offsets, rewind
+from consumers.inflight import Abandoned, Flight, InFlight, RevokeListener, next_offsets, rewind
 from consumers.metrics import BATCH_RETRIES
 from consumers.records import Record, parse_image_event
 from consumers.results import Stopwatch, error_result, since
@@ -52,6 +52,8 @@ Indexed = list[tuple[int, TaskResult]]
 Process = Callable[[Sequence[Record]], Awaitable[Indexed]]
 # A first attempt already under way (a prefetched batch); retries and splits use Process.
 Attempt = Callable[[], Awaitable[Indexed]]
+# Whether the batch polled before this one was delivered (consumers/prefetch.py).
+Cleared = Callable[[], Awaitable[bool]]
 
 
 class BatchUnavailable(Exception):
@@ -100,18 +102,16 @@ class BatchDelivery:
         task: str,
         process: Process,
         settings: DeliverySettings,
-        inflight: InFlight,
         model: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.task = task
         self.process = process
         self.delays = list(settings.retry_delays_s)
-        self.inflight = inflight
         self.model = model
         self.attempts = Attempts()
 
-    async def run(self, records: Sequence[Record], first: Attempt | None = None) -> list[Delivered]:
-        pairs = await self._deliver(records, first)
+    async def run(self, flight: Flight, first: Attempt | None = None) -> list[Delivered]:
+        pairs = await self._deliver(flight, flight.records, first)
         return [Delivered(r, result, *self._seen(r)) for r, result in pairs]
 
     def _seen(self, record: Record) -> tuple[int, datetime]:
@@ -119,10 +119,10 @@ class BatchDelivery:
         return attempts, first_seen
 
     async def _deliver(
-        self, records: Sequence[Record], first: Attempt | None = None
+        self, flight: Flight, records: Sequence[Record], first: Attempt | None = None
     ) -> list[tuple[Record, TaskResult]]:
         for delay in [*self.delays, None]:
-            self.inflight.check()
+            flight.check()
             self.attempts.tried(records)
             attempt, first = first or partial(self.process, records), None
             try:
@@ -135,15 +135,15 @@ class BatchDelivery:
                     *(self.task, len(records), delay, exc),
                 )
                 BATCH_RETRIES.labels(self.task, type(exc).__name__).inc()
-                await self.inflight.pause(delay)
+                await flight.pause(delay)
                 continue
             except Exception as exc:
-                return await self._split(records, exc)
+                return await self._split(flight, records, exc)
             return [(records[i], result) for i, result in indexed]
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _split(
-        self, records: Sequence[Record], exc: Exception
+        self, flight: Flight, records: Sequence[Record], exc: Exception
     ) -> list[tuple[Record, TaskResult]]:
         if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
             torch.cuda.empty_cache()  # halves of the batch may fit where the whole did not
@@ -156,7 +156,8 @@ class BatchDelivery:
         )
         BATCH_RETRIES.labels(self.task, f"split:{type(exc).__name__}").inc()
         middle = len(records) // 2
-        return [*await self._deliver(records[:middle]), *await self._deliver(records[middle:])]
+        halves = records[:middle], records[middle:]
+        return [*await self._deliver(flight, halves[0]), *await self._deliver(flight, halves[1])]
 
     def _internal(self, record: Record, exc: Exception) -> TaskResult:
         event = parse_image_event(record)  # an event or a BadEvent: both carry the ids
@@ -197,50 +198,60 @@ class BatchHandler:
         self.settings = settings
         self.inflight = InFlight(stopping)
         self.listener = RevokeListener(self.inflight, settings.graceful_timeout_s, task)
-        self.delivery = BatchDelivery(task, process, settings, self.inflight, model)
+        self.delivery = BatchDelivery(task, process, settings, model)
 
     async def handle(
-        self, consumer: Any, records: Sequence[Record], first: Attempt | None = None
+        self,
+        consumer: Any,
+        flight: Flight,
+        first: Attempt | None = None,
+        cleared: Cleared | None = None,
     ) -> Handled | None:
         """What was published and committed (revoked partitions left out), else None:
-        the batch was rewound for a replay, or abandoned."""
-        with self.inflight.batch(records):
-            try:
-                delivered = await self.delivery.run(records, first)
-                started = perf_counter()
-                await self.publish(self.task, delivered)
-                publish_ms = since(started)
-            except Abandoned as exc:
-                log.warning(
-                    "%s: batch of %d abandoned, not committed: %s", self.task, len(records), exc
-                )
-                return None
-            except Exception as exc:
-                # Kafka down, retries run out, or a bug outside the pipeline (publishing):
-                # never move past the batch, replay it.
-                await self._replay_later(consumer, records, exc)
-                return None
-            await self._commit(consumer, records)
-            return Handled(delivered, publish_ms)
+        the batch was rewound for a replay, or abandoned. ``flight`` comes from
+        ``self.inflight.batch``. With ``cleared``, the batch is committed or rewound only
+        once the one before it was delivered; if it was not, neither happens here (the
+        caller rewinds both together)."""
+        try:
+            delivered = await self.delivery.run(flight, first)
+            started = perf_counter()
+            await self.publish(self.task, delivered)
+            publish_ms = since(started)
+        except Abandoned as exc:
+            log.warning(
+                "%s: batch of %d abandoned, not committed: %s", self.task, len(flight.records), exc
+            )
+            return None
+        except Exception as exc:
+            # Kafka down, retries run out, or a bug outside the pipeline (publishing):
+            # never move past the batch, replay it.
+            if cleared is None or await cleared():
+                await self._replay_later(consumer, flight, exc)
+            return None
+        if cleared is not None and not await cleared():
+            return None
+        await self._commit(consumer, flight)
+        return Handled(delivered, publish_ms)
 
-    async def _replay_later(self, consumer: Any, records: Sequence[Record], exc: Exception) -> None:
+    async def _replay_later(self, consumer: Any, flight: Flight, exc: Exception) -> None:
         # Rewind rather than move on, so no offset is ever committed past an event that
         # has no result yet; the pause keeps a long outage from spinning.
         unexpected = not isinstance(exc, (BatchUnavailable, KafkaError))
         log.error(
             "%s: batch of %d failed, will replay: %s",
-            *(self.task, len(records), exc),
+            *(self.task, len(flight.records), exc),
             exc_info=exc if unexpected else None,
         )
         BATCH_RETRIES.labels(self.task, type(exc).__name__).inc()
         try:
-            await self.inflight.pause(self.settings.replay_pause_s)
+            await flight.pause(self.settings.replay_pause_s)
         except Abandoned:
             return  # stopping: the next owner starts from the last commit anyway
-        rewind(consumer, self.inflight, records)
+        rewind(consumer, flight.records, flight)
 
-    async def _commit(self, consumer: Any, records: Sequence[Record]) -> None:
-        offsets = self.inflight.owned(next_offsets(records))
+    async def _commit(self, consumer: Any, flight: Flight) -> None:
+        records = flight.records
+        offsets = flight.owned(next_offsets(records))
         try:
             if offsets:
                 await consumer.commit(offsets)

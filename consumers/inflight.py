@@ -1,9 +1,9 @@
-"""The batch a subscriber is working on, as seen by a shutdown and by a rebalance.
+"""The batches a subscriber is working on, as seen by a shutdown and by a rebalance.
 
 A batch's offsets may only be committed by the member that still owns its partitions,
 and only once its results are acknowledged. When partitions are revoked, the listener
-gives the in-flight batch ``graceful_timeout_s`` to finish (its commit then lands
-before the partitions move); after that the batch keeps going but its revoked
+gives the batches in flight ``graceful_timeout_s`` to finish (their commits then land
+before the partitions move); after that they keep going but its revoked
 partitions are neither committed nor rewound, and the new owner replays them from the
 last commit. A batch whose partitions are all revoked, or whose consumer is stopping,
 is abandoned at its next retry pause: nothing of it is committed.
@@ -33,51 +33,35 @@ def partitions_of(records: Sequence[Record]) -> frozenset[TopicPartition]:
     return frozenset(TopicPartition(r.topic, r.partition) for r in records)
 
 
-class InFlight:
-    """One subscriber's current batch; ``stopping`` is shared by the whole service."""
+class Flight:
+    """One batch in flight: its records, and which of its partitions were revoked since
+    it started (positions of those restart from the committed offsets once reassigned,
+    so this batch must neither commit nor rewind them)."""
 
-    def __init__(self, stopping: asyncio.Event) -> None:
+    def __init__(self, records: Sequence[Record], stopping: asyncio.Event) -> None:
+        self.records = records
+        self.partitions = partitions_of(records)
+        self.revoked: set[TopicPartition] = set()
         self.stopping = stopping
-        # Counts rebalances: a batch fetched before one may be stale (consumers/prefetch.py).
-        self.rebalances = 0
-        self._partitions: frozenset[TopicPartition] = frozenset()
-        self._revoked: set[TopicPartition] = set()
         self._interrupted = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    @contextlib.contextmanager
-    def batch(self, records: Sequence[Record]) -> Iterator[None]:
-        self._partitions = partitions_of(records)
-        self._revoked.clear()
-        self._interrupted.clear()
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._partitions = frozenset()
-            self._idle.set()
 
     @property
     def abandoned(self) -> bool:
-        lost = bool(self._partitions) and self._partitions <= self._revoked
+        lost = bool(self.partitions) and self.partitions <= self.revoked
         return self.stopping.is_set() or lost
 
     def check(self) -> None:
         if self.abandoned:
             raise Abandoned("stopping" if self.stopping.is_set() else "partitions revoked")
 
-    def touches(self, partitions: Collection[TopicPartition]) -> bool:
-        return not self._partitions.isdisjoint(partitions)
-
     def revoke(self, partitions: Collection[TopicPartition]) -> None:
-        self._revoked |= self._partitions & set(partitions)
+        self.revoked |= self.partitions & set(partitions)
         if self.abandoned:
             self._interrupted.set()
 
     def owned(self, offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
         """The offsets this member may still commit or rewind."""
-        return {tp: offset for tp, offset in offsets.items() if tp not in self._revoked}
+        return {tp: offset for tp, offset in offsets.items() if tp not in self.revoked}
 
     async def pause(self, seconds: float) -> None:
         """Sleep, cut short by a shutdown or the loss of every partition of the batch."""
@@ -88,6 +72,38 @@ class InFlight:
             for waiter in waiters:
                 waiter.cancel()
         self.check()
+
+
+class InFlight:
+    """One subscriber's batches in flight (two overlap: ``consumers/prefetch.py``);
+    ``stopping`` is shared by the whole service."""
+
+    def __init__(self, stopping: asyncio.Event) -> None:
+        self.stopping = stopping
+        # Counts rebalances: a batch polled before one may be stale (consumers/prefetch.py).
+        self.rebalances = 0
+        self._flights: list[Flight] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def batch(self, records: Sequence[Record]) -> Iterator[Flight]:
+        flight = Flight(records, self.stopping)
+        self._flights.append(flight)
+        self._idle.clear()
+        try:
+            yield flight
+        finally:
+            self._flights.remove(flight)
+            if not self._flights:
+                self._idle.set()
+
+    def touches(self, partitions: Collection[TopicPartition]) -> bool:
+        return any(not flight.partitions.isdisjoint(partitions) for flight in self._flights)
+
+    def revoke(self, partitions: Collection[TopicPartition]) -> None:
+        for flight in self._flights:
+            flight.revoke(partitions)
 
     async def wait_idle(self, timeout_s: float) -> bool:
         try:
@@ -138,9 +154,12 @@ def next_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
     return offsets
 
 
-def rewind(consumer: Any, inflight: InFlight, records: Sequence[Record]) -> None:
-    """Seek every still-owned partition back to the batch's first record: the next poll
-    replays the batch. (FastStream's ``nack`` would also seek revoked partitions.)"""
-    for tp, offset in inflight.owned(earliest_offsets(records)).items():
-        with contextlib.suppress(IllegalStateError):  # revoked between check and seek
-            consumer.seek(tp, offset)
+def rewind(consumer: Any, records: Sequence[Record], *flights: Flight) -> None:
+    """Seek every partition of ``records`` not revoked under ``flights`` back to the
+    records' first offset: the next poll replays them. (FastStream's ``nack`` would also
+    seek revoked partitions.)"""
+    revoked = set().union(*(flight.revoked for flight in flights))
+    for tp, offset in earliest_offsets(records).items():
+        if tp not in revoked:
+            with contextlib.suppress(IllegalStateError):  # revoked between check and seek
+                consumer.seek(tp, offset)

@@ -40,6 +40,11 @@ DEV_FALLBACKS = {
 DEV_TASKS = ("face", "labels")
 # Tansu answers a group join after half the session timeout; 6 s keeps start-up quick.
 DEV_KAFKA = {"SESSION_TIMEOUT_MS": "6000", "HEARTBEAT_INTERVAL_MS": "1000"}
+# Tansu holds a fetch over several partitions for its whole wait even when a record
+# arrives, so a gateway request would wait up to 500 ms for the consumer to see it: poll
+# the RPC topic every 50 ms instead (about 0.03 cores of consumer and broker while idle;
+# the load test, which sends no requests, keeps the production default).
+DEV_RPC_FETCH_MAX_WAIT_MS = "50"
 
 
 @asynccontextmanager
@@ -69,6 +74,7 @@ def _dev_environment(stack_env: dict[str, str], milvus_uri: str) -> Settings:
     os.environ.setdefault("IMAGESTREAM_MILVUS__URI", milvus_uri)
     for name, value in DEV_KAFKA.items():
         os.environ.setdefault(f"IMAGESTREAM_KAFKA__{name}", value)
+    os.environ.setdefault("IMAGESTREAM_KAFKA__RPC_FETCH_MAX_WAIT_MS", DEV_RPC_FETCH_MAX_WAIT_MS)
     for task, spec in DEV_FALLBACKS.items():
         os.environ.setdefault(f"IMAGESTREAM_{task.upper()}__FALLBACK_MODEL", spec)
     for task in DEV_TASKS:  # an explicit IMAGESTREAM_<TASK>__ENABLED still wins

@@ -32,6 +32,7 @@ from schemas.events import ErrorCode, TaskResult, utcnow
 
 log = logging.getLogger("imagestream.pipeline")
 T = TypeVar("T")
+R = TypeVar("R")
 Step = Callable[["Job[Any]"], Awaitable[None]]
 
 
@@ -111,13 +112,16 @@ class ImagePipeline:
         ready = await self._each(jobs, results, self._fetch_and_decode if decode else self._fetch)
         return Prepared(results, ready, perf_counter())
 
-    async def complete(self, batch: Prepared) -> list[tuple[int, TaskResult]]:
-        """The device half: decode what is not yet, one model call, store and search."""
+    async def complete(
+        self, batch: Prepared, device_done: Callable[[], None] = lambda: None
+    ) -> list[tuple[int, TaskResult]]:
+        """The device half: decode what is not yet, one model call, store and search.
+        ``device_done`` is called as the model call ends (``consumers/prefetch.py``)."""
         results = dict(batch.results)
         stamp(batch.jobs, "wait", since(batch.ready_at))
         jobs = await self._each(batch.jobs, results, self._decode)
         if jobs:
-            await self._infer_and_store(jobs)
+            await self._infer_and_store(jobs, device_done)
             completed_at = utcnow()  # one stamp: a batch's results complete together
             for job in jobs:
                 results[job.index] = self._ok(job, completed_at)
@@ -178,11 +182,16 @@ class ImagePipeline:
         image = decode_image(data, self.decode_settings, self.task.encoder.min_input_side)
         return self.task.prepare(image)
 
-    async def _infer_and_store(self, jobs: list[Job[Any]]) -> None:
+    async def _infer_and_store(self, jobs: list[Job[Any]], device_done: Callable[[], None]) -> None:
         prepared = [job.prepared for job in jobs]
-        start = perf_counter()
-        outputs = await self._run(self.pools.device, partial(self.task.infer, prepared))
-        stamp(jobs, "encode", since(start))
+        queued = perf_counter()
+        outputs, started = await self._run(
+            self.pools.device, partial(_timed, self.task.infer, prepared)
+        )
+        # Behind the previous batch's model call (prefetch decode or fetch) is waiting.
+        stamp(jobs, "wait", (started - queued) * 1000)
+        stamp(jobs, "encode", since(started))
+        device_done()
         await self._run(self.pools.store, partial(self.task.store_and_search, jobs, outputs))
 
     def _ok(self, job: Job[Any], completed_at: datetime) -> TaskResult:
@@ -222,3 +231,9 @@ class ImagePipeline:
             model=self.task.model_name,
             watch=watch,
         )
+
+
+def _timed(fn: Callable[[T], R], arg: T) -> tuple[R, float]:
+    """``fn(arg)`` and the ``perf_counter`` at which it started (in its own thread)."""
+    started = perf_counter()
+    return fn(arg), started

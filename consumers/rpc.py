@@ -37,7 +37,6 @@ from schemas.topics import Topics
 
 log = logging.getLogger("imagestream.rpc")
 RPC_GROUP = "imagestream-rpc-clip"
-RPC_FETCH_WAIT_MS = 50
 T = TypeVar("T")
 
 
@@ -130,8 +129,7 @@ class EncoderRpc:
             session_timeout_ms=kafka.session_timeout_ms,
             heartbeat_interval_ms=kafka.heartbeat_interval_ms,
             max_poll_interval_ms=kafka.max_poll_interval_ms,
-            # Someone is waiting on each request: do not let an idle fetch sit for 500 ms.
-            fetch_max_wait_ms=RPC_FETCH_WAIT_MS,
+            fetch_max_wait_ms=kafka.rpc_fetch_max_wait_ms,
             title=f"{topics.rpc}:clip",
             description="Gateway requests (embeddings, zero-shot labels); the reply goes to "
             "the reply_to header's topic with the request's correlation_id.",

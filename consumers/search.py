@@ -70,7 +70,8 @@ class TextSearch:
             # one in ``process`` so a bad query becomes an error result.
             msg = broker.context.get_local("message")
             records = [Record.from_consumer_record(r) for r in msg.raw_message]
-            handled = await self.handler.handle(msg.consumer, records)
+            with self.handler.inflight.batch(records) as flight:
+                handled = await self.handler.handle(msg.consumer, flight)
             if handled is not None:
                 delivered = [d.result for d in handled.delivered]
                 observe_results(TASK, delivered, len(records), handled.publish_ms)

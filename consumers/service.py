@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from time import perf_counter
 from typing import Any
@@ -23,7 +23,7 @@ from consumers.encoders import encoder_class
 from consumers.kafka import make_broker
 from consumers.metrics import MODEL_LOAD_S, observe_results, record_dlq
 from consumers.pipeline import ImagePipeline, Pools, Prepared
-from consumers.prefetch import PrefetchingHandler
+from consumers.prefetch import HANDOFFS, PrefetchingHandler
 from consumers.records import Record
 from consumers.rpc import EncoderRpc
 from consumers.s3 import S3Store
@@ -117,6 +117,7 @@ class ConsumerService:
         await self._s3.start()
         for task in self.tasks:
             self.pipelines[task] = await self._build_pipeline(task, self._pools)
+            self.handlers[task].handoff = HANDOFFS[self._prefetch()]
         if self.search is not None:
             self.search.bind(self.pipelines["clip"].task, self._pools.device, self._pools.store)
         if self.rpc is not None:
@@ -165,21 +166,11 @@ class ConsumerService:
 
     async def _handle(self, task: str, msg: Any) -> None:
         records = [Record.from_consumer_record(r) for r in msg.raw_message]
-        handler = self.handlers[task]
-        if self._prefetch(task) != "off":
-            await handler.submit(msg.consumer, records)
-        elif (handled := await handler.handler.handle(msg.consumer, records)) is not None:
-            self._observe(task, handled, len(records))
+        await self.handlers[task].submit(msg.consumer, records)
 
-    def _prefetch(self, task: str) -> str:
-        """``auto``: decode ahead on a GPU. Off on the CPU, where the model already keeps
-        every core busy: there is nothing to overlap with, and prefetching splits what
-        would be one batch at moderate load in two (docs/performance.md)."""
+    def _prefetch(self) -> str:
         mode = self.settings.delivery.prefetch
-        if mode == "auto":
-            on_cpu = self.pipelines[task].task.encoder.device.type == "cpu"
-            return "off" if on_cpu else "decode"
-        return mode
+        return "decode" if mode == "auto" else mode  # auto: kept for older configs
 
     def _observe(self, task: str, handled: Handled, polled: int) -> None:
         observe_results(task, [d.result for d in handled.delivered], polled, handled.publish_ms)
@@ -189,11 +180,13 @@ class ConsumerService:
         return await self.pipelines[task].process_indexed(records)
 
     async def _prepare(self, task: str, records: Sequence[Record]) -> Prepared:
-        decode = self._prefetch(task) == "decode"
+        decode = self._prefetch() != "fetch"
         return await self.pipelines[task].prepare(records, decode=decode)
 
-    async def _complete(self, task: str, prepared: Prepared) -> Indexed:
-        return await self.pipelines[task].complete(prepared)
+    async def _complete(
+        self, task: str, prepared: Prepared, device_done: Callable[[], None]
+    ) -> Indexed:
+        return await self.pipelines[task].complete(prepared, device_done)
 
     async def _publish(self, task: str, delivered: list[Delivered]) -> None:
         """Every result, and a DLQ record for bad input; returns once Kafka acked all."""

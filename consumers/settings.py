@@ -38,6 +38,13 @@ class KafkaSettings(BaseModel):
     )
     heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
+    rpc_fetch_max_wait_ms: int = Field(
+        default=500,
+        ge=0,
+        description="How long the gateway-RPC subscriber's fetch waits on an empty topic. "
+        "Kafka answers a waiting fetch as soon as a request arrives; the embedded stack "
+        "uses 50, since Tansu holds a fetch over several partitions for the whole wait.",
+    )
 
 
 class S3Settings(BaseModel):
@@ -216,14 +223,17 @@ class DeliverySettings(BaseModel):
     graceful_timeout_s: float = Field(
         default=20.0,
         gt=0,
-        description="How long SIGTERM or a revoke waits for the in-flight batch to finish.",
+        description="How long SIGTERM or a revoke waits for the batches in flight to finish.",
     )
     dlq: bool = Field(default=True, description="Publish bad input to the images DLQ topic.")
-    prefetch: Literal["auto", "decode", "fetch", "off"] = Field(
-        default="auto",
-        description="What of the next batch is done while the current one is on the device "
-        "(consumers/prefetch.py): decode = fetch and decode, fetch = fetch only, off. auto = "
-        "decode on a GPU, off on the CPU (where it gains nothing: docs/performance.md).",
+    prefetch: Literal["decode", "publish", "fetch", "off", "auto"] = Field(
+        default="decode",
+        description="When the next batch starts (consumers/prefetch.py): decode = as this "
+        "one is decoded, beside its model call; publish = as this one's model call ends, "
+        "beside its Milvus writes, publish and commit (2% less throughput on the CPU, "
+        "~100 ms less latency at half load: docs/performance.md); fetch = as this one is "
+        "fetched (the next is decoded later); off = once this one is committed. auto = "
+        "decode.",
     )
 
     def retry_budget_s(self) -> float:
@@ -358,6 +368,13 @@ class Settings(BaseSettings):
         "next batch instead of going back to the kernel: blocks up to 32 MiB come from "
         "the heap, and up to this much stays free at the top of each heap "
         "(consumers/allocator.py; 0 = glibc's defaults).",
+    )
+    blas_threads: int = Field(
+        default=1,
+        ge=0,
+        description="Threads numpy's BLAS (OpenBLAS) may use in a consumer process "
+        "(consumers/threads.py; 0 = its default, one per core). The consumer's own pools are "
+        "its parallelism, and an idle OpenBLAS worker spins on a core after every call.",
     )
     log_level: str = "INFO"
 

@@ -232,18 +232,8 @@ class Broker(_Server):
             await admin.close()
 
 
-# moto's server as `python -m moto.server` runs, but speaking HTTP/1.1: its werkzeug
-# front end otherwise closes every connection (`Connection: close`), where S3 and MinIO
-# keep them open, so the local stack would exercise a connection pattern production
-# never sees (python -m loadtest.s3_bench compares the two).
-_MOTO_KEEP_ALIVE = (
-    "from moto.server import MotoRequestHandler, main; "
-    "MotoRequestHandler.protocol_version = 'HTTP/1.1'; main()"
-)
-
-
 class S3Server(_Server):
-    """moto's S3-compatible server; accepts any credentials."""
+    """moto's S3 backend on waitress (``consumers/s3_server.py``); accepts any credentials."""
 
     name = "moto"
 
@@ -252,12 +242,21 @@ class S3Server(_Server):
         return f"http://{HOST}:{self.port}"
 
     def _command(self) -> list[str]:
-        return [sys.executable, "-c", _MOTO_KEEP_ALIVE, "-H", HOST, "-p", str(self.port)]
+        return [
+            sys.executable,
+            "-m",
+            "consumers.s3_server",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+        ]
 
     async def _ready(self) -> None:
         reader, writer = await asyncio.open_connection(HOST, self.port)
         try:
-            writer.write(f"GET /moto-api/ HTTP/1.0\r\nHost: {HOST}:{self.port}\r\n\r\n".encode())
+            # ListBuckets: answered by the S3 app itself, so a 200 means S3 is serving.
+            writer.write(f"GET / HTTP/1.0\r\nHost: {HOST}:{self.port}\r\n\r\n".encode())
             await writer.drain()
             status = await reader.readline()
         finally:

@@ -1,6 +1,7 @@
-"""CPU per S3 read: the consumer's reader against botocore's ``get_object``, with moto's
-server closing every connection (as ``python -m moto.server`` runs) or keeping them
-(as the embedded stack runs it).
+"""CPU per S3 read: the consumer's reader against botocore's ``get_object``, with moto
+served as ``python -m moto.server`` serves it (werkzeug: every service, a new
+connection per request) and as the embedded stack serves it (``consumers/s3_server.py``:
+the S3 backend alone on waitress, keep-alive).
 
     python -m loadtest.s3_bench [--rounds 40] [--concurrency 32]
 
@@ -30,16 +31,22 @@ BUCKET = "bench"
 Read = Callable[[str], Awaitable[None]]
 
 
-class ClosingS3Server(S3Server):
-    """moto exactly as ``python -m moto.server`` runs: one connection per request."""
+class MotoServer(S3Server):
+    """moto exactly as ``python -m moto.server`` runs it."""
 
     def _command(self) -> list[str]:
         return [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)]
 
 
-async def bench(keep_alive: bool, rounds: int, concurrency: int) -> list[dict[str, object]]:
+SERVERS: dict[str, type[S3Server]] = {
+    "python -m moto.server (werkzeug, Connection: close)": MotoServer,
+    "embedded: S3 backend on waitress (keep-alive)": S3Server,
+}
+
+
+async def bench(label: str, rounds: int, concurrency: int) -> list[dict[str, object]]:
     with tempfile.TemporaryDirectory() as runtime:
-        server = (S3Server if keep_alive else ClosingS3Server)(runtime_dir=Path(runtime))
+        server = SERVERS[label](runtime_dir=Path(runtime))
         async with server:
             settings = S3Settings(
                 endpoint_url=server.endpoint_url,
@@ -50,7 +57,6 @@ async def bench(keep_alive: bool, rounds: int, concurrency: int) -> list[dict[st
             )
             async with S3Store(settings) as s3:
                 keys = await _objects(s3, concurrency)
-                label = "moto, keep-alive" if keep_alive else "moto, Connection: close"
                 return [
                     {
                         "server": label,
@@ -99,8 +105,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args(argv)
-    for keep_alive in (False, True):
-        for line in asyncio.run(bench(keep_alive, args.rounds, args.concurrency)):
+    for label in SERVERS:
+        for line in asyncio.run(bench(label, args.rounds, args.concurrency)):
             print(json.dumps(line), flush=True)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, SecretStr
 
+from consumers.launcher import DEV_RPC_FETCH_MAX_WAIT_MS
 from consumers.settings import (
     ClipSettings,
     KafkaSettings,
@@ -51,6 +52,7 @@ async def stack_settings(
             topic_prefix=prefix,
             session_timeout_ms=6000,
             heartbeat_interval_ms=1000,
+            rpc_fetch_max_wait_ms=int(DEV_RPC_FETCH_MAX_WAIT_MS),
             **(kafka or {}),
         ),
         s3=s3,

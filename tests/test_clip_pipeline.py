@@ -57,7 +57,7 @@ def _by_image(results: list[TaskResult]) -> dict[str, TaskResult]:
 
 
 # Every prefetch mode; with fetch only, decode errors surface in the device half.
-@pytest.mark.parametrize("prefetch", ["fetch", "decode", "off"])
+@pytest.mark.parametrize("prefetch", ["publish", "fetch", "decode", "off"])
 async def test_events_in_results_out_with_bad_input_in_the_same_batch(
     settings: Settings, service: ConsumerService
 ) -> None:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from consumers.delivery import BatchDelivery, BatchUnavailable, Delivered
 from consumers.dlq import DLQ_CODES, dead_letter, dlq_headers, original_headers
 from consumers.errors import ItemError
-from consumers.inflight import Abandoned, InFlight, RevokeListener, next_offsets
+from consumers.inflight import Abandoned, Flight, InFlight, RevokeListener, next_offsets
 from consumers.records import Record, parse_image_event
 from consumers.results import Stopwatch, error_result
 from consumers.s3 import S3Unavailable
@@ -72,13 +72,17 @@ class FakePipeline:
 
 
 def _delivery(pipeline: FakePipeline, settings: DeliverySettings = FAST) -> BatchDelivery:
-    return BatchDelivery("clip", pipeline, settings, InFlight(asyncio.Event()), lambda: "m")
+    return BatchDelivery("clip", pipeline, settings, lambda: "m")
+
+
+def _flight(records: list[Record]) -> Flight:
+    return Flight(records, asyncio.Event())
 
 
 async def test_a_poison_event_is_isolated_and_the_rest_of_the_batch_succeeds() -> None:
     pipeline = FakePipeline()
     records = _records(32, poison=[5, 20])
-    delivered = await _delivery(pipeline).run(records)
+    delivered = await _delivery(pipeline).run(_flight(records))
 
     assert [d.record for d in delivered] == records
     by_event = {d.result.source_event_id: d for d in delivered}
@@ -97,7 +101,7 @@ async def test_a_poison_event_is_isolated_and_the_rest_of_the_batch_succeeds() -
 
 async def test_a_transient_failure_is_retried_and_never_becomes_an_error_result() -> None:
     pipeline = FakePipeline(transient_failures=2)
-    delivered = await _delivery(pipeline).run(_records(4))
+    delivered = await _delivery(pipeline).run(_flight(_records(4)))
     assert [d.result.status for d in delivered] == [Status.OK] * 4
     assert pipeline.calls == [4, 4, 4]
     assert {d.attempts for d in delivered} == {3}
@@ -106,17 +110,17 @@ async def test_a_transient_failure_is_retried_and_never_becomes_an_error_result(
 async def test_a_transient_outage_longer_than_the_retries_asks_for_a_replay() -> None:
     pipeline = FakePipeline(transient_failures=100)
     with pytest.raises(BatchUnavailable, match="S3Unavailable"):
-        await _delivery(pipeline).run(_records(4))
+        await _delivery(pipeline).run(_flight(_records(4)))
     assert pipeline.calls == [4, 4, 4, 4]  # first try + one per delay, no split
 
 
 async def test_stopping_abandons_a_batch_waiting_on_a_retry_at_once() -> None:
     slow = DeliverySettings(retry_delays_s=[30.0], replay_pause_s=30.0)
     inflight = InFlight(asyncio.Event())
-    delivery = BatchDelivery("clip", FakePipeline(transient_failures=5), slow, inflight)
+    delivery = BatchDelivery("clip", FakePipeline(transient_failures=5), slow)
     records = _records(2)
-    with inflight.batch(records):
-        task = asyncio.create_task(delivery.run(records))
+    with inflight.batch(records) as flight:
+        task = asyncio.create_task(delivery.run(flight))
         await asyncio.sleep(0.05)
         started = time.monotonic()
         inflight.stopping.set()
@@ -129,15 +133,15 @@ async def test_revoking_every_partition_of_the_batch_abandons_it() -> None:
     inflight = InFlight(asyncio.Event())
     records = _records(2, partition=0) + _records(2, partition=3)
     listener = RevokeListener(inflight, wait_s=0.05, name="clip")
-    with inflight.batch(records):
+    with inflight.batch(records) as flight:
         await listener.on_partitions_revoked({TopicPartition("images.v1", 3)})
-        assert not inflight.abandoned
-        offsets = inflight.owned(next_offsets(records))
+        assert not flight.abandoned
+        offsets = flight.owned(next_offsets(records))
         assert offsets == {TopicPartition("images.v1", 0): 102}
         await listener.on_partitions_revoked({TopicPartition("images.v1", 0)})
-        assert inflight.abandoned
+        assert flight.abandoned
         with pytest.raises(Abandoned):
-            await inflight.pause(30.0)
+            await flight.pause(30.0)
 
 
 async def test_a_revoke_waits_for_a_batch_that_finishes_in_time() -> None:
@@ -145,15 +149,29 @@ async def test_a_revoke_waits_for_a_batch_that_finishes_in_time() -> None:
     records = _records(2)
     listener = RevokeListener(inflight, wait_s=5.0, name="clip")
 
-    async def batch() -> None:
-        with inflight.batch(records):
+    async def batch() -> Flight:
+        with inflight.batch(records) as flight:
             await asyncio.sleep(0.2)
+        return flight
 
     running = asyncio.create_task(batch())
     await asyncio.sleep(0.01)
     await listener.on_partitions_revoked({TopicPartition("images.v1", 0)})
     assert running.done()
-    assert inflight.owned(next_offsets(records)) == {TopicPartition("images.v1", 0): 102}
+    assert running.result().owned(next_offsets(records)) == {TopicPartition("images.v1", 0): 102}
+
+
+async def test_a_revocation_binds_the_batches_in_flight_then_not_later_ones() -> None:
+    inflight = InFlight(asyncio.Event())
+    records, tp = _records(2), TopicPartition("images.v1", 0)
+    listener = RevokeListener(inflight, wait_s=0.01, name="clip")
+    with inflight.batch(records) as old:
+        await listener.on_partitions_revoked({tp})  # the old batch does not finish in time
+        # Polled once the partition is assigned again (from its committed offset), while
+        # the old batch still runs: batches overlap (consumers/prefetch.py).
+        with inflight.batch(records) as new:
+            assert old.owned(next_offsets(records)) == {}
+            assert new.owned(next_offsets(records)) == {tp: 102}
 
 
 def _delivered(code: ErrorCode, headers: tuple[tuple[str, bytes], ...] = ()) -> Delivered:

@@ -99,7 +99,7 @@ def test_the_s3_bench_measures_both_clients_against_both_server_modes(
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(line["server"], line["client"]) for line in lines] == [
         (server, client)
-        for server in ("moto, Connection: close", "moto, keep-alive")
+        for server in s3_bench.SERVERS
         for client in ("botocore get_object", "S3Store.get (presigned, aiohttp)")
     ]
     for line in lines:

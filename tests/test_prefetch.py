@@ -1,5 +1,5 @@
-"""Prefetch (consumers/prefetch.py): batch N+1 is fetched and decoded while batch N is
-encoded, yet commits stay in order and nothing is committed past an undelivered batch.
+"""Overlapping batches (consumers/prefetch.py): the next batch starts at the handoff its
+mode sets, yet commits stay in order and nothing is committed past an undelivered batch.
 
 The consumer here is a recorder of commits and seeks, and the pipeline halves are plain
 async functions; the real broker and servers run the same code in test_clip_pipeline,
@@ -9,13 +9,15 @@ test_shutdown_rebalance and test_chaos.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from consumers.delivery import BatchHandler, Handled, Indexed
-from consumers.prefetch import PrefetchingHandler
+from consumers.prefetch import HANDOFFS, PrefetchingHandler
 from consumers.records import Record
 from consumers.s3 import S3Unavailable
 from consumers.settings import DeliverySettings
@@ -38,31 +40,43 @@ class Consumer:
 
 
 class Stages:
-    """prepare/complete with a log of when each ran; ``gate`` holds a batch's complete."""
+    """prepare / complete / publish with a log of each step; a batch's gates (by first
+    offset) hold its model call ("encode") or its publish until set."""
 
     def __init__(self) -> None:
         self.log: list[str] = []
-        self.gates: dict[int, asyncio.Event] = {}
+        self.gates: dict[str, asyncio.Event] = {}
         self.unavailable: set[int] = set()  # first offsets whose prepare fails for good
+        self.publish_fails: set[int] = set()  # first offsets whose publish fails
         self.handled: list[int] = []  # batch sizes the done callback saw
 
+    def hold(self, step: str, first: int) -> asyncio.Event:
+        return self.gates.setdefault(f"{step} {first}", asyncio.Event())
+
+    async def _step(self, step: str, first: int) -> None:
+        self.log.append(f"{step} {first}")
+        if (gate := self.gates.get(f"{step} {first}")) is not None:
+            await gate.wait()
+
     async def prepare(self, records: Sequence[Record]) -> Sequence[Record]:
-        first = records[0].offset
-        self.log.append(f"prepare {first}")
-        if first in self.unavailable:
+        await self._step("prepare", records[0].offset)
+        if records[0].offset in self.unavailable:
             raise S3Unavailable("S3 is unavailable")
         return records
 
-    async def complete(self, records: Sequence[Record]) -> Indexed:
-        first = records[0].offset
-        self.log.append(f"complete {first}")
-        if first in self.gates:
-            await self.gates[first].wait()
-        self.log.append(f"completed {first}")
+    async def complete(self, records: Sequence[Record], device_done: Callable[[], None]) -> Indexed:
+        await self._step("encode", records[0].offset)
+        device_done()
         return [(i, _ok(r)) for i, r in enumerate(records)]
 
     async def process(self, records: Sequence[Record]) -> Indexed:
-        return await self.complete(await self.prepare(records))
+        return await self.complete(await self.prepare(records), lambda: None)
+
+    async def publish(self, task: str, delivered: list[Any]) -> None:
+        first = delivered[0].record.offset
+        await self._step("publish", first)
+        if first in self.publish_fails:
+            raise KafkaConnectionError("the broker is down")
 
 
 def _ok(record: Record) -> TaskResult:
@@ -81,97 +95,132 @@ def _batch(first: int, n: int = 4) -> list[Record]:
 
 
 def _handler(
-    stages: Stages, published: list[int] | None = None, settings: DeliverySettings = FAST
+    stages: Stages, mode: str = "publish", settings: DeliverySettings = FAST
 ) -> PrefetchingHandler:
-    async def publish(task: str, delivered: list[Any]) -> None:
-        if published is not None:
-            published.extend(d.record.offset for d in delivered)
-
     def done(handled: Handled, polled: int) -> None:
         stages.handled.append(polled)
 
-    handler = BatchHandler("clip", stages.process, publish, settings, asyncio.Event())
-    return PrefetchingHandler(handler, stages.prepare, stages.complete, done)
+    handler = BatchHandler("clip", stages.process, stages.publish, settings, asyncio.Event())
+    return PrefetchingHandler(handler, stages.prepare, stages.complete, done, HANDOFFS[mode])
 
 
-async def _batch_4_behind_batch_0(
-    stages: Stages, consumer: Consumer
-) -> tuple[PrefetchingHandler, asyncio.Task[None]]:
-    """Batch 0 held on the device (its gate), batch 4 polled meanwhile."""
-    stages.gates[0] = asyncio.Event()
-    prefetching = _handler(stages)
-    await prefetching.submit(consumer, _batch(0))
-    second = asyncio.create_task(prefetching.submit(consumer, _batch(4)))
+async def _settle() -> None:
     await asyncio.sleep(0.05)
-    return prefetching, second
 
 
-async def test_the_next_batch_is_prepared_while_the_current_one_is_on_the_device() -> None:
+async def test_the_next_batch_runs_beside_the_previous_ones_publish_and_commits_after_it() -> None:
     stages, consumer = Stages(), Consumer()
-    prefetching, second = await _batch_4_behind_batch_0(stages, consumer)
-    # Batch 0 is held on the device; batch 4 was prepared meanwhile, and waits.
-    assert stages.log == ["prepare 0", "complete 0", "prepare 4"]
-    assert not second.done()
+    prefetching = _handler(stages)
+    published = stages.hold("publish", 0)
+    await prefetching.submit(consumer, _batch(0))  # returns as batch 0's model call ends
+    second = asyncio.create_task(prefetching.submit(consumer, _batch(4)))
+    await _settle()
+    # Batch 4 was fetched and encoded while batch 0 waits on its publish ...
+    assert stages.log == [
+        "prepare 0",
+        "encode 0",
+        "publish 0",
+        "prepare 4",
+        "encode 4",
+        "publish 4",
+    ]
+    # ... but commits only after batch 0, and its handler waits for batch 0's outcome.
     assert consumer.commits == []
-    stages.gates[0].set()
+    assert not second.done()
+    published.set()
     await second
     await prefetching.drain(5.0)
-    assert stages.log[3:] == ["completed 0", "complete 4", "completed 4"]
     assert consumer.commits == [{TP: 4}, {TP: 8}]
+    assert stages.handled == [4, 4]
 
 
-async def test_commits_stay_in_poll_order_and_every_batch_is_published() -> None:
-    stages, consumer, published = Stages(), Consumer(), []
-    prefetching = _handler(stages, published)
+@pytest.mark.parametrize(
+    ("mode", "returns_after"),
+    [("decode", "prepare"), ("fetch", "prepare"), ("publish", "encode"), ("off", "publish")],
+)
+async def test_each_mode_hands_off_to_the_next_poll_at_its_own_step(
+    mode: str, returns_after: str
+) -> None:
+    stages, consumer = Stages(), Consumer()
+    prefetching = _handler(stages, mode)
+    steps = ["prepare", "encode", "publish"]
+    gates = [stages.hold(step, 0) for step in steps]
+    submitted = asyncio.create_task(prefetching.submit(consumer, _batch(0)))
+    for step, gate in zip(steps, gates, strict=True):
+        await _settle()
+        assert not submitted.done(), f"{mode} returned before {step} ended"
+        gate.set()
+        if step == returns_after:
+            break
+    await _settle()
+    assert submitted.done()
+    for gate in gates:
+        gate.set()
+    await prefetching.drain(5.0)
+    assert consumer.commits == [{TP: 4}]
+
+
+@pytest.mark.parametrize("mode", ["publish", "decode", "fetch", "off"])
+async def test_commits_stay_in_poll_order_and_every_batch_is_published(mode: str) -> None:
+    stages, consumer = Stages(), Consumer()
+    prefetching = _handler(stages, mode)
     for first in range(0, 40, 4):
         await prefetching.submit(consumer, _batch(first))
     await prefetching.drain(5.0)
     assert consumer.commits == [{TP: first + 4} for first in range(0, 40, 4)]
-    assert published == list(range(40))
+    assert [line for line in stages.log if line.startswith("publish")] == [
+        f"publish {first}" for first in range(0, 40, 4)
+    ]
     assert stages.handled == [4] * 10
     assert consumer.seeks == []
 
 
-async def test_a_batch_after_one_that_failed_is_dropped_and_rewound_with_it() -> None:
-    stages, consumer, published = Stages(), Consumer(), []
-    stages.unavailable.add(0)  # batch 0: S3 stays down past the retries
-    prefetching = _handler(stages, published)
+async def test_a_batch_after_one_that_failed_is_stopped_and_rewound_with_it() -> None:
+    stages, consumer = Stages(), Consumer()
+    stages.publish_fails.add(0)  # batch 0: Kafka refuses its results after the handoff
+    prefetching = _handler(stages)
+    encoding = stages.hold("encode", 4)  # batch 4 is on the device when batch 0 gives up
     await prefetching.submit(consumer, _batch(0))
     await prefetching.submit(consumer, _batch(4))
     await prefetching.drain(5.0)
     assert consumer.commits == []
-    assert published == []
-    # Batch 0 rewound itself to 0; dropping batch 4 rewinds to the earliest of both.
+    assert "publish 4" not in stages.log
+    # Batch 0 rewound itself to 0; stopping batch 4 rewinds to the earliest of both.
     assert consumer.seeks == [(TP, 0), (TP, 0)]
     # The replay is delivered normally: the failure is not held against later batches.
-    stages.unavailable.clear()
+    stages.publish_fails.clear()
+    encoding.set()
     await prefetching.submit(consumer, _batch(0))
     await prefetching.submit(consumer, _batch(4))
     await prefetching.drain(5.0)
     assert consumer.commits == [{TP: 4}, {TP: 8}]
 
 
-async def test_a_batch_polled_before_a_rebalance_is_dropped_uncommitted() -> None:
+async def test_a_batch_that_fails_itself_waits_for_its_predecessor_before_rewinding() -> None:
     stages, consumer = Stages(), Consumer()
-    prefetching, second = await _batch_4_behind_batch_0(stages, consumer)
-    await prefetching.handler.listener.on_partitions_revoked(set())  # a rebalance begins
-    stages.gates[0].set()
+    stages.unavailable.add(4)
+    published = stages.hold("publish", 0)
+    prefetching = _handler(stages)
+    await prefetching.submit(consumer, _batch(0))
+    second = asyncio.create_task(prefetching.submit(consumer, _batch(4)))
+    await asyncio.sleep(0.2)  # batch 4 ran out of retries while batch 0 publishes
+    assert consumer.seeks == []  # a rewind to 4 now would skip batch 0 if it failed
+    published.set()
     await second
     await prefetching.drain(5.0)
-    # Batch 0 was in flight and commits; batch 4 restarts from the committed offset.
     assert consumer.commits == [{TP: 4}]
-    assert "complete 4" not in stages.log
-    assert consumer.seeks == []
+    assert consumer.seeks == [(TP, 4)]
 
 
-async def test_a_batch_lost_to_a_rebalance_does_not_hold_back_the_next_poll() -> None:
+async def test_a_batch_lost_to_a_rebalance_does_not_hold_back_one_polled_after_it() -> None:
     stages, consumer = Stages(), Consumer()
     stages.unavailable.add(0)
     slow = DeliverySettings(retry_delays_s=[0.2] * 5, graceful_timeout_s=0.05)
     prefetching = _handler(stages, settings=slow)
-    await prefetching.submit(consumer, _batch(0))
-    await asyncio.sleep(0.05)  # batch 0 waits on a retry
+    first = asyncio.create_task(prefetching.submit(consumer, _batch(0)))
+    await _settle()  # batch 0 waits on a retry
     await prefetching.handler.listener.on_partitions_revoked({TP})  # it is abandoned
+    await first
     # Polled after the rebalance (positions restarted from the committed offsets):
     await prefetching.submit(consumer, _batch(4))
     await prefetching.drain(5.0)
@@ -179,15 +228,17 @@ async def test_a_batch_lost_to_a_rebalance_does_not_hold_back_the_next_poll() ->
     assert consumer.seeks == []
 
 
-async def test_stopping_drains_the_batch_in_flight_and_takes_no_new_one() -> None:
+async def test_stopping_drains_the_batches_in_flight_and_takes_no_new_one() -> None:
     stages, consumer = Stages(), Consumer()
-    stages.gates[0] = asyncio.Event()
+    published = stages.hold("publish", 0)
     prefetching = _handler(stages)
     await prefetching.submit(consumer, _batch(0))
-    await asyncio.sleep(0.01)  # batch 0 is on the device
+    second = asyncio.create_task(prefetching.submit(consumer, _batch(4)))
+    await _settle()  # batch 0 publishing, batch 4 encoded
     prefetching.handler.inflight.stopping.set()
-    await prefetching.submit(consumer, _batch(4))
-    asyncio.get_running_loop().call_later(0.05, stages.gates[0].set)
+    await prefetching.submit(consumer, _batch(8))
+    asyncio.get_running_loop().call_later(0.05, published.set)
     await prefetching.drain(5.0)
-    assert consumer.commits == [{TP: 4}]
-    assert "prepare 4" not in stages.log
+    await second
+    assert consumer.commits == [{TP: 4}, {TP: 8}]
+    assert "prepare 8" not in stages.log

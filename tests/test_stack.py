@@ -11,12 +11,14 @@ import uuid
 from pathlib import Path
 
 import aioboto3
+import aiohttp
 import pytest
 from aiobotocore.config import AioConfig
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped,unused-ignore]
 from aiokafka.errors import UnknownError  # type: ignore[import-untyped,unused-ignore]
 
+from consumers.s3 import S3Store
 from consumers.settings import Settings
 from consumers.stack import (
     Broker,
@@ -159,12 +161,31 @@ async def test_embedded_stack_serves_topics_and_s3(
         assert counts == dict.fromkeys(topics, 4)
         await create_bucket(stack.s3.endpoint_url, "images")  # an owned bucket is fine
         assert await _s3_round_trip(env, "images") == b"\x89PNG fake"
+        # Keep-alive, as S3 and MinIO: three reads, one connection (consumers/s3_server.py).
+        assert await _connections_for_reads(settings, "images", "a/b.png", 3) == (1, 2)
         ports = [stack.broker.port, stack.s3.port]
         pids = [stack.broker.pid, stack.s3.pid]
     assert not any(_accepts(port) for port in ports)
     assert all(pid is not None and _gone(pid) for pid in pids)
     assert (tmp_path / "tansu.log").read_text().startswith("tansu broker")
-    assert "PUT /images" in (tmp_path / "moto.log").read_text()
+
+
+async def _connections_for_reads(
+    settings: Settings, bucket: str, key: str, reads: int
+) -> tuple[int, int]:
+    """(connections opened, connections reused) by ``reads`` S3Store reads in a row."""
+    opened, reused = [], []
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(lambda *_: _append(opened))
+    trace.on_connection_reuseconn.append(lambda *_: _append(reused))
+    async with S3Store(settings.s3, http_trace=[trace]) as s3:
+        for _ in range(reads):
+            assert await s3.get(bucket, key) == b"\x89PNG fake"
+    return len(opened), len(reused)
+
+
+async def _append(into: list[None]) -> None:
+    into.append(None)
 
 
 async def _s3_round_trip(env: dict[str, str], bucket: str) -> bytes:
