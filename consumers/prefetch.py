@@ -82,7 +82,7 @@ class PrefetchingHandler:
         prepare: Prepare,
         complete: Complete,
         done: OnHandled,
-        handoff: Handoff = "encoded",
+        handoff: Handoff = "prepared",  # the default mode, decode
     ) -> None:
         self.handler = handler
         self.prepare = prepare
