@@ -3,7 +3,7 @@
 A batch's offsets may only be committed by the member that still owns its partitions,
 and only once its results are acknowledged. When partitions are revoked, the listener
 gives the batches in flight ``graceful_timeout_s`` to finish (their commits then land
-before the partitions move); after that they keep going but its revoked
+before the partitions move); after that they keep going but their revoked
 partitions are neither committed nor rewound, and the new owner replays them from the
 last commit. A batch whose partitions are all revoked, or whose consumer is stopping,
 is abandoned at its next retry pause: nothing of it is committed.

@@ -94,6 +94,7 @@ class ConsumerService:
             partial(self._prepare, task),
             partial(self._complete, task),
             partial(self._observe, task),
+            HANDOFFS[self._prefetch()],
         )
         subscriber = batch_subscriber(
             self.broker,
@@ -117,7 +118,6 @@ class ConsumerService:
         await self._s3.start()
         for task in self.tasks:
             self.pipelines[task] = await self._build_pipeline(task, self._pools)
-            self.handlers[task].handoff = HANDOFFS[self._prefetch()]
         if self.search is not None:
             self.search.bind(self.pipelines["clip"].task, self._pools.device, self._pools.store)
         if self.rpc is not None:
