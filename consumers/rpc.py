@@ -5,7 +5,9 @@ the Kafka headers ``reply_to`` (its replies topic) and ``correlation_id``. Every
 consumer process also runs this subscriber (one shared consumer group, so requests are
 spread over the replicas); FastStream publishes the handler's return value to
 ``reply_to`` with the same ``correlation_id``. The model therefore stays in the consumer
-process and its device thread: RPC work queues behind, and between, pipeline batches.
+process and its device thread: RPC work queues behind, and between, pipeline batches
+(on a CPU, images queue on the CPU workers behind the batch in progress, and texts run
+on the device thread beside it, which pipeline batches there no longer occupy).
 
 Requests are best-effort: the offset is committed once the handler returns, and a request
 whose ``deadline`` has passed (its gateway answered 504 already) is skipped. Every

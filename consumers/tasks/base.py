@@ -53,6 +53,8 @@ class ImageTask(ABC, Generic[Prepared, Output]):
     name: ClassVar[str]
     # False for tasks that only score vectors (labels, classify): no collection is opened.
     needs_store: ClassVar[bool] = True
+    # Whether ``infer``'s model work is ``encoder.encode_images`` (plus light work after).
+    infers_by_encode_images: ClassVar[bool] = True
 
     def __init__(self, encoder: Encoder, store: VectorStore | None) -> None:
         self.encoder = encoder
@@ -71,6 +73,13 @@ class ImageTask(ABC, Generic[Prepared, Output]):
     @property
     def dim(self) -> int:
         return self.encoder.dim
+
+    @property
+    def infers_on_cpu_workers(self) -> bool:
+        """Whether ``infer`` hands its model work to the CPU workers and waits for them:
+        then a second batch's ``infer`` may start before the first's ends, and queue behind
+        it there (``consumers/encoders/cpu_workers.py``)."""
+        return self.infers_by_encode_images and self.encoder.cpu_workers() is not None
 
     @abstractmethod
     def prepare(self, image: Image.Image) -> Prepared:

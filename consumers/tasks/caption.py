@@ -23,6 +23,7 @@ from consumers.tasks.embedding import image_row
 @register_task
 class CaptionTask(ImageTask[torch.Tensor, tuple[str, np.ndarray]]):
     name = "caption"
+    infers_by_encode_images = False  # generate: many steps, on the device thread
 
     @property
     def captioner(self) -> CaptionEncoder:
