@@ -47,7 +47,9 @@ class Pools:
     CPU workers (``ImageTask.infers_on_cpu_workers``) runs on a feed thread, which only
     hands the shards over and waits: with two, the next batch's shards queue behind this
     one's, so neither worker idles at the boundary between batches (2% more throughput in
-    the load test, docs/performance.md). The workers' queue keeps the calls in order.
+    the load test, docs/performance.md). The workers' queue keeps the calls in order; a
+    one-image call skips it and runs at once on torch's threads (the fastest answer at
+    low load, when it is also the likeliest).
     """
 
     decode: ThreadPoolExecutor

@@ -2,8 +2,10 @@
 
 1. The embedded stack (Tansu broker, moto S3 server) starts in this process's children;
    N synthetic 640x480 JPEGs go to S3.
-2. Bare encoder benchmark, then the legacy loop, in this process, before the consumer
-   exists, so nothing competes with them.
+2. The legacy loop, then the bare encoder benchmark, in this process, before the consumer
+   exists, so nothing competes with them; the bare benchmark runs again once the consumer
+   has stopped. Bare last before the consumer: the closer the two bare runs are to the
+   saturation phase, the less the machine's drift moves the efficiency ratio.
 3. ``imagestream consume --tasks clip`` starts as its own process against the stack and
    Milvus (milvus-lite in a fresh folder, a Milvus server, or a given URI).
 4. Phases, each read back through the results topic: ``warmup`` (one batch: group join,
@@ -246,10 +248,10 @@ async def loadtest(config: LoadtestConfig, console: Console | None = None) -> di
         env = consumer_env(stack.env(), config, milvus_uri)
         settings = settings_from(env)
         uris, urls = await _upload(settings, config, console)
-        console.print("bare encoder benchmark, then the legacy loop (blocking, no progress)")
+        console.print("the legacy loop, then the bare encoder benchmark (no progress bar)")
         bare_run, encoder = await asyncio.to_thread(_bare, settings, config)
-        bare_before = await asyncio.to_thread(bare_run)
         legacy = await _legacy(encoder, config, urls, runtime)
+        bare_before = await asyncio.to_thread(bare_run)
         async with _consumers(env, config.consumers, runtime) as consumers:
             with _bars(console) as bars:
                 phases, cpu = await _phases(settings, config, uris, consumers, stack, bars)

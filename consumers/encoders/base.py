@@ -71,9 +71,9 @@ class Encoder(ABC):
         """Collate, forward and postprocess; blocking (run it in a thread). On a CPU the
         batch is split over single-threaded workers (``consumers/encoders/cpu_workers.py``)."""
         workers = self.cpu_workers()
-        if workers is None:
+        # One image runs here, on torch's threads: at low load, the fastest answer.
+        if workers is None or len(tensors) < 2:
             return self._encode(tensors)
-        # Even one image goes to a worker: its one torch thread, in the workers' order.
         return np.concatenate(workers.map(self._encode, tensors))
 
     @property
