@@ -70,20 +70,32 @@ def bare_benchmark(
     }
 
 
-def bracket(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """The bare figures measured before and after the consumer's phases, averaged.
+def bracket(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The bare runs measured around the consumer's saturation rounds, averaged.
 
     A shared or virtual machine's speed drifts over minutes (one run here measured a
-    batch at 1.75 s, another at 2.46 s, both at load average < 1), and the consumer's
-    phases run between the two: bracketing them keeps the efficiency ratio honest, and
-    ``drift`` says how far the machine moved meanwhile.
+    batch at 1.75 s, another at 2.46 s, both at load average < 1), so the bare encoder
+    runs before the first round, between rounds and after the last (``runs``, in that
+    order); each round is judged against the two runs beside it (``report.verdicts``).
+    ``drift`` is how far the machine moved from the first run to the last, ``spread``
+    the largest run over the smallest.
     """
+    if not runs:
+        raise ValueError("no bare runs to average")
     averaged = {
-        key: (before[key] + after[key]) / 2
+        key: sum(run[key] for run in runs) / len(runs)
         for key in ("images_per_s", "images_per_cpu_s", "service_ms")
-        if before.get(key) is not None and after.get(key) is not None
+        if all(run.get(key) is not None for run in runs)
     }
-    drift = after["images_per_s"] / before["images_per_s"] - 1
-    # Percentiles do not average: each run's batch_ms stays under before/after only.
-    common = {key: value for key, value in before.items() if key != "batch_ms"}
-    return common | averaged | {"before": before, "after": after, "drift": drift}
+    speeds = [run["images_per_s"] for run in runs]
+    # Percentiles do not average: each run's batch_ms stays under runs only.
+    common = {key: value for key, value in runs[0].items() if key != "batch_ms"}
+    return (
+        common
+        | averaged
+        | {
+            "runs": list(runs),
+            "drift": speeds[-1] / speeds[0] - 1,
+            "spread": max(speeds) / min(speeds) - 1,
+        }
+    )

@@ -19,10 +19,17 @@ def add_commands(sub: Any) -> None:
         "loadtest",
         help="embedded stack + consumer process: throughput, latency, efficiency vs bare encoder",
     )
-    lt.add_argument("-n", "--images", type=int, default=d.images, help=DEFAULTS_NOTE)
+    lt.add_argument("-n", "--images", type=int, default=d.images,
+                    help=f"per saturation round {DEFAULTS_NOTE}")  # fmt: skip
     lt.add_argument("--model", default=d.model, help=f"CLIP model spec {DEFAULTS_NOTE}")
     lt.add_argument("--batch", type=int, default=d.batch, help=f"max_records {DEFAULTS_NOTE}")
     lt.add_argument("--device", default=d.device, help=DEFAULTS_NOTE)
+    lt.add_argument(
+        "--rounds",
+        type=int,
+        default=d.rounds,
+        help=f"saturation rounds of N images, bare runs between them {DEFAULTS_NOTE}",
+    )
     lt.add_argument("--rate", type=float, help="saturation phase events/s (default: all at once)")
     lt.add_argument("--latency-seconds", type=float, default=d.latency_seconds,
                     help=f"paced phase length, 0 = none {DEFAULTS_NOTE}")  # fmt: skip
@@ -77,8 +84,9 @@ def _config(args: argparse.Namespace) -> Any:
 
     try:
         return LoadtestConfig(
-            images=args.images, model=args.model, batch=args.batch, device=args.device,
-            rate=args.rate, latency_seconds=args.latency_seconds, latency_rate=args.latency_rate,
+            images=args.images, rounds=args.rounds, model=args.model, batch=args.batch,
+            device=args.device, rate=args.rate, latency_seconds=args.latency_seconds,
+            latency_rate=args.latency_rate,
             bare_batches=args.bare_batches, legacy_iterations=args.legacy_iterations,
             legacy_sleep_iterations=args.legacy_sleep_iterations,
             legacy_sleep_s=args.legacy_sleep, milvus=args.milvus, partitions=args.partitions,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class LoadtestConfig:
-    images: int = 640
+    images: int = 640  # per saturation round
+    rounds: int = 3  # saturation rounds, the bare benchmark before, between and after them
     model: str = "random:vit-b-32"
     batch: int = 32
     device: str = "auto"
@@ -28,6 +29,8 @@ class LoadtestConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.rounds < 1 or self.images < 1:
+            raise ValueError("--rounds and --images must be at least 1")
         if self.consumers > 1 and self.milvus == "lite":
             raise ValueError(
                 "several consumer processes need a Milvus server (--milvus server or a URI): "

@@ -8,15 +8,17 @@ broker started) on a metrics port picked here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -86,6 +88,29 @@ class ConsumerProcess:
         await self.stop()
 
 
+@contextlib.contextmanager
+def frozen(consumers: Sequence[ConsumerProcess]) -> Iterator[None]:
+    """Every consumer stopped (SIGSTOP to its process group, milvus-lite child
+    included) meanwhile, and continued after.
+
+    For the bare runs between saturation rounds: an idle consumer still polls the
+    broker and heartbeats (0.013 cores, and 0.008 of the broker's, measured here), which
+    would slow the bare figure and flatter the ratio. Tansu keeps a member stopped for
+    longer than its 6 s session timeout: measured with 11 s bare runs, no rebalance was
+    logged, and each round's first result came 2.1 s after its first event (a rejoin
+    alone takes Tansu 3 s). A broker that drops it instead costs a rejoin, which falls
+    in the round's first batch, and no round counts its first batch.
+    """
+    groups = [os.getpgid(pid) for consumer in consumers if (pid := consumer.pid) is not None]
+    for group in groups:
+        os.killpg(group, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for group in groups:
+            os.killpg(group, signal.SIGCONT)
+
+
 def results_published(metrics_port: int) -> int:
     """The ``imagestream_results_total`` of the process serving metrics on this port."""
     url = f"http://{HOST}:{metrics_port}/metrics"
@@ -119,6 +144,19 @@ def cpu_seconds(pid: int | None) -> float | None:
         family.update(children)
         frontier.extend(children)
     return sum(stats[p][1] for p in family) / _CLOCK_TICKS
+
+
+def cores_used(spans: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """CPU seconds per wall second of each process over one or more (before, after)
+    spans, summed (2.0 = two busy cores)."""
+    used: dict[str, float] = {}
+    wall = 0.0
+    for before, after in spans:
+        wall += float(after["time"] or 0) - float(before["time"] or 0)
+        for name, value in before.items():
+            if name != "time" and value is not None and (end := after.get(name)) is not None:
+                used[name] = used.get(name, 0.0) + end - value
+    return {name: seconds / wall for name, seconds in used.items()} if wall > 0 else {}
 
 
 def thread_cpu_seconds(pid: int | None) -> dict[str, float]:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from loadtest.generator import Phase
+from loadtest.report import SATURATION
 
 DPI = 80
 COLOURS = {"saturation": "tab:blue", "latency": "tab:orange", "warmup": "tab:grey"}
@@ -25,6 +26,11 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _colour(phase: Phase) -> str | None:
+    """The saturation rounds (saturation-1, saturation-2, ...) share one colour."""
+    return COLOURS.get(phase.name.split("-")[0])
 
 
 def _window_s(span_s: float, done: np.ndarray) -> float:
@@ -52,7 +58,7 @@ def throughput_and_latency(phases: Sequence[Phase], t0: float, path: Path) -> Pa
         done = np.sort(np.array([s.completed - t0 for s in phase.samples]))
         if done.size == 0:
             continue
-        colour = COLOURS.get(phase.name)
+        colour = _colour(phase)
         top.plot(*_rate(done, window), color=colour, label=phase.name)
         e2e = np.array([s.e2e_ms for s in phase.samples]) / 1000
         bottom.scatter(done, e2e, s=4, color=colour, label=phase.name)
@@ -73,7 +79,7 @@ def latency_histograms(phases: Sequence[Phase], path: Path) -> Path:
     fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(4 * max(1, len(shown)), 3.2))
     for ax, phase in zip(np.atleast_1d(axes), shown, strict=False):
         e2e = np.array([s.e2e_ms for s in phase.samples])
-        ax.hist(e2e, bins=40, color=COLOURS.get(phase.name))
+        ax.hist(e2e, bins=40, color=_colour(phase))
         p99 = float(np.percentile(e2e, 99))
         ax.axvline(p99, color="black", linestyle="--", linewidth=1, label=f"p99 {p99:.0f} ms")
         rate = f"{phase.rate:.1f}/s" if phase.rate else "all at once"
@@ -89,7 +95,13 @@ def latency_histograms(phases: Sequence[Phase], path: Path) -> Path:
 def write_plots(phases: Sequence[Phase], out: Path) -> list[Path]:
     measured = [p for p in phases if p.name != "warmup"]
     t0 = min((p.started for p in measured), default=0.0)
+    # One histogram for all the saturation rounds: they are one load, split for the bare runs.
+    rounds = [p for p in measured if p.name.startswith(f"{SATURATION}-")]
+    pooled = Phase(SATURATION, sum(p.count for p in rounds), rounds[0].rate) if rounds else None
+    if pooled is not None:
+        pooled.samples = [s for p in rounds for s in p.samples]
+    histograms = ([pooled] if pooled else []) + [p for p in measured if p not in rounds]
     return [
         throughput_and_latency(measured, t0, out / "throughput_latency.png"),
-        latency_histograms(measured, out / "latency_histogram.png"),
+        latency_histograms(histograms, out / "latency_histogram.png"),
     ]

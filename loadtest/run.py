@@ -2,15 +2,16 @@
 
 1. The embedded stack (Tansu broker, moto S3 server) starts in this process's children;
    N synthetic 640x480 JPEGs go to S3.
-2. The legacy loop, then the bare encoder benchmark, in this process, before the consumer
-   exists, so nothing competes with them; the bare benchmark runs again once the consumer
-   has stopped. Bare last before the consumer: the closer the two bare runs are to the
-   saturation phase, the less the machine's drift moves the efficiency ratio.
+2. The legacy loop, in this process, before the consumer exists.
 3. ``imagestream consume --tasks clip`` starts as its own process against the stack and
    Milvus (milvus-lite in a fresh folder, a Milvus server, or a given URI).
 4. Phases, each read back through the results topic: ``warmup`` (one batch: group join,
-   first model call; not reported), ``saturation`` (N events at once, or at ``--rate``),
-   ``latency`` (paced at half the saturation phase's steady-state throughput).
+   first model call; not reported); ``saturation-1`` .. ``saturation-R`` (N events each,
+   at once or at ``--rate``), with the bare encoder benchmark (this process, the consumer
+   frozen) before the first round, between rounds and after the last, so that each
+   round is judged against bare runs a few seconds away, not minutes: this machine's
+   speed drifts by 10-20% within minutes; ``latency`` (paced at half the rounds'
+   steady-state throughput).
 5. report.json, samples.csv and PNG plots in the output folder.
 """
 
@@ -22,7 +23,7 @@ import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,28 @@ from consumers.stack import EmbeddedStack
 from consumers.store import VectorStore
 from loadtest import bare as bare_bench
 from loadtest.config import LoadtestConfig
-from loadtest.consumer import ConsumerProcess, cpu_seconds, self_cpu_seconds, thread_cpu_seconds
+from loadtest.consumer import (
+    ConsumerProcess,
+    cores_used,
+    cpu_seconds,
+    frozen,
+    self_cpu_seconds,
+    thread_cpu_seconds,
+)
 from loadtest.generator import Phase, presigned_urls, run_phase, upload_images
 from loadtest.legacy import legacy_baseline
 from loadtest.milvus_server import milvus_server
 from loadtest.plots import write_plots
-from loadtest.report import loadavg, machine, phase_figures, verdicts, write_json, write_samples
+from loadtest.report import (
+    SATURATION,
+    loadavg,
+    machine,
+    phase_figures,
+    round_name,
+    verdicts,
+    write_json,
+    write_samples,
+)
 from loadtest.synth import photo_jpeg
 from schemas.topics import Topics
 
@@ -143,19 +160,6 @@ def _cpu(consumers: list[ConsumerProcess], stack: EmbeddedStack) -> dict[str, fl
     }
 
 
-def _cores_used(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, Any]:
-    """CPU seconds per wall second of each process over a phase (2.0 = two busy cores)."""
-    wall = float(after["time"] or 0) - float(before["time"] or 0)
-    return {
-        name: (end - value) / wall
-        for name, value in before.items()
-        if name != "time"
-        and value is not None
-        and (end := after.get(name)) is not None
-        and wall > 0
-    }
-
-
 async def _phase(
     settings: Settings, phase: Phase, uris: list[str], config: LoadtestConfig, run_id: str,
     bars: Progress,
@@ -169,30 +173,50 @@ async def _phase(
     return phase
 
 
-async def _phases(
-    settings: Settings, config: LoadtestConfig, uris: list[str],
-    consumers: list[ConsumerProcess], stack: EmbeddedStack, bars: Progress,
-) -> tuple[list[Phase], dict[str, Any]]:  # fmt: skip
-    run_id = uuid.uuid4().hex[:8]
-    await _phase(settings, Phase("warmup", config.batch), uris, config, run_id, bars)
-    phases, cpu = [], {}
-    saturation = Phase("saturation", config.images, config.rate)
-    plan = [saturation]
-    for phase in plan:
-        before, load = _cpu(consumers, stack), loadavg()
-        phases.append(await _phase(settings, phase, uris, config, run_id, bars))
-        cpu[phase.name] = {"cores": _cores_used(before, _cpu(consumers, stack)), "loadavg": load}
-        if phase is saturation and config.latency_seconds > 0:
-            rate = config.latency_rate or _half_rate(phase)
-            if rate:
-                count = max(config.batch, round(rate * config.latency_seconds))
-                plan.append(Phase("latency", count, rate))
-    return phases, cpu
+@dataclass
+class _Run:
+    """One load test's moving parts, for its phases."""
+
+    settings: Settings
+    config: LoadtestConfig
+    uris: list[str]
+    consumers: list[ConsumerProcess]
+    stack: EmbeddedStack
+    bare: Callable[[], dict[str, Any]]
+    bars: Progress
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    async def phase(self, phase: Phase) -> tuple[Phase, tuple[dict[str, Any], dict[str, Any]]]:
+        before = _cpu(self.consumers, self.stack)
+        await _phase(self.settings, phase, self.uris, self.config, self.run_id, self.bars)
+        return phase, (before, _cpu(self.consumers, self.stack))
+
+    async def bare_frozen(self) -> dict[str, Any]:
+        with frozen(self.consumers):
+            return await asyncio.to_thread(self.bare)
 
 
-def _half_rate(phase: Phase) -> float | None:
-    steady = phase_figures([phase])[phase.name]["steady_state"]
-    return steady["images_per_s"] / 2 if steady else None
+async def _phases(run: _Run) -> tuple[list[Phase], dict[str, Any], list[dict[str, Any]]]:
+    """Warm-up; then the bare benchmark, and after it each saturation round followed by
+    the bare benchmark again, the consumers frozen for those; then the latency phase.
+    Returns the phases, CPU cores used per phase, and the bare runs in order."""
+    config = run.config
+    await run.phase(Phase("warmup", config.batch))
+    bares, rounds, spans = [await run.bare_frozen()], [], []
+    for index in range(1, config.rounds + 1):
+        phase, span = await run.phase(Phase(round_name(index), config.images, config.rate))
+        rounds.append(phase)
+        spans.append(span)
+        bares.append(await run.bare_frozen())
+    cpu = {SATURATION: {"cores": cores_used(spans), "loadavg": loadavg()}}
+    steady = phase_figures(rounds)[SATURATION]["steady_state"]
+    rate = config.latency_rate or (steady["images_per_s"] / 2 if steady else None)
+    if config.latency_seconds > 0 and rate:
+        count = max(config.batch, round(rate * config.latency_seconds))
+        latency, span = await run.phase(Phase("latency", count, rate))
+        rounds.append(latency)
+        cpu["latency"] = {"cores": cores_used([span]), "loadavg": loadavg()}
+    return rounds, cpu, bares
 
 
 async def _upload(
@@ -248,21 +272,21 @@ async def loadtest(config: LoadtestConfig, console: Console | None = None) -> di
         env = consumer_env(stack.env(), config, milvus_uri)
         settings = settings_from(env)
         uris, urls = await _upload(settings, config, console)
-        console.print("the legacy loop, then the bare encoder benchmark (no progress bar)")
+        console.print("the legacy loop (no progress bar)")
         bare_run, encoder = await asyncio.to_thread(_bare, settings, config)
-        legacy = await _legacy(encoder, config, urls, runtime)
-        bare_before = await asyncio.to_thread(bare_run)
+        report["legacy"] = await _legacy(encoder, config, urls, runtime)
         async with _consumers(env, config.consumers, runtime) as consumers:
+            console.print("bare encoder benchmark before, between and after the saturation rounds")
             with _bars(console) as bars:
-                phases, cpu = await _phases(settings, config, uris, consumers, stack, bars)
+                run = _Run(settings, config, uris, consumers, stack, bare_run, bars)
+                phases, cpu, bare_runs = await _phases(run)
             # The group's balance, warm-up included.
             report["results_per_consumer"] = [
                 await asyncio.to_thread(consumer.results_published) for consumer in consumers
             ]
-        console.print("bare encoder benchmark again, the consumer stopped")
-        bare = bare_bench.bracket(bare_before, await asyncio.to_thread(bare_run))
+        bare = bare_bench.bracket(bare_runs)
     figures = phase_figures(phases)
-    report |= {"bare": bare, "legacy": legacy, "phases": figures, "cpu_cores": cpu}
+    report |= {"bare": bare, "phases": figures, "cpu_cores": cpu}
     report["verdicts"] = verdicts(figures, bare, cpu)
     report["loadavg_end"] = loadavg()
     return _write(report, phases, config.out)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from consumers.cli import _parser
 from loadtest import gpu_bench, interference, s3_bench
 from loadtest.cli import _config, _setting, loadtest_command
 from loadtest.config import LoadtestConfig
+from loadtest.consumer import ConsumerProcess, frozen
 from loadtest.run import loadtest
 from loadtest.stats import Sample, batches, steady_throughput
 from loadtest.synth import photo_jpeg
@@ -30,22 +33,60 @@ def test_synthetic_jpegs_are_distinct_photo_sized_640x480() -> None:
     assert photo_jpeg(3) == images[3]  # reproducible per seed
 
 
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
+
+
+_PARENT_OF_A_SLEEPER = (
+    "import subprocess, sys, time\n"
+    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+    "print(child.pid, flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_frozen_stops_a_consumers_whole_process_group_then_continues_it(tmp_path: Path) -> None:
+    """The bare runs between rounds must not share the CPU with the consumer or with its
+    children (milvus-lite): SIGSTOP to the process group, SIGCONT after."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _PARENT_OF_A_SLEEPER], stdout=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        child = int(process.stdout.readline())
+        consumer = ConsumerProcess({}, tmp_path / "consumer.log")
+        consumer.process = process
+        with frozen([consumer]):
+            assert (_state(process.pid), _state(child)) == ("T", "T")
+        assert "T" not in (_state(process.pid), _state(child))  # sleeping, or still starting
+    finally:
+        subprocess.run(["kill", "--", f"-{process.pid}"], check=False)
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
 def _sample(i: int, batch_start: float, service_s: float) -> Sample:
     done = batch_start + service_s
     return Sample(f"i{i}", True, "", 0.0, done, done, {"total": service_s * 1000})
 
 
-def test_steady_state_starts_when_the_first_batch_completes() -> None:
-    # Three batches of four, starting 1 s apart, each done 0.5 s after its start.
-    samples = [_sample(4 * b + i, float(b), 0.5) for b in range(3) for i in range(4)]
-    assert [len(group) for group in batches(samples)] == [4, 4, 4]
+def test_steady_state_leaves_out_the_first_and_the_last_batch() -> None:
+    # Four batches of four, starting 1 s apart, each done 0.5 s after its start.
+    samples = [_sample(4 * b + i, float(b), 0.5) for b in range(4) for i in range(4)]
+    assert [len(group) for group in batches(samples)] == [4, 4, 4, 4]
     steady = steady_throughput(samples)
     assert steady is not None
-    assert steady["excluded_first_batch"] == 4
+    assert (steady["excluded_first_batch"], steady["excluded_last_batch"]) == (4, 4)
     assert steady["counted"] == 8
     assert steady["window_s"] == pytest.approx(2.0)
     assert steady["images_per_s"] == pytest.approx(4.0)
-    assert steady_throughput(samples[:4]) is None  # one batch: no steady state
+    # A last batch done sooner (nothing to prefetch beside it) does not raise the rate.
+    early = [*samples[:12], *(_sample(12 + i, 3.0, 0.3) for i in range(4))]
+    assert steady_throughput(early) == steady
+    assert steady_throughput(samples[:8]) is None  # two batches: no steady state
 
 
 def test_the_cli_routes_loadtest_to_its_handler() -> None:
@@ -111,16 +152,26 @@ def test_the_s3_bench_measures_both_clients_against_both_server_modes(
 @pytest.mark.integration
 async def test_a_tiny_load_test_measures_every_figure(tmp_path: Path) -> None:
     config = LoadtestConfig(
-        images=24, model="random:tiny", batch=8, device="cpu", latency_seconds=2.0,
+        images=24, rounds=2, model="random:tiny", batch=8, device="cpu", latency_seconds=2.0,
         bare_batches=2, legacy_iterations=2, legacy_sleep_iterations=1, legacy_sleep_s=0.2,
         out=tmp_path / "out", timeout_s=120.0, model_cache_dir=tmp_path / "models",
     )  # fmt: skip
     report = await loadtest(config, Console(file=io.StringIO()))
 
-    saturation, latency = report["phases"]["saturation"], report["phases"]["latency"]
-    assert (saturation["results"], saturation["missing"], saturation["errors"]) == (24, 0, {})
-    steady = saturation["steady_state"]
-    assert steady["counted"] == 24 - steady["excluded_first_batch"] > 0
+    phases = report["phases"]
+    saturation, latency = phases["saturation"], phases["latency"]
+    assert saturation["rounds"] == ["saturation-1", "saturation-2"]
+    assert (saturation["results"], saturation["missing"], saturation["errors"]) == (48, 0, {})
+    steady, rounds = saturation["steady_state"], [phases[name] for name in saturation["rounds"]]
+    assert (
+        steady["counted"] == 48 - steady["excluded_first_batch"] - steady["excluded_last_batch"] > 0
+    )
+    # Pooled over the rounds' own windows, not over the bare run between them.
+    windows = [r["steady_state"]["window_s"] for r in rounds]
+    assert steady["window_s"] == pytest.approx(sum(windows))
+    assert steady["images_per_s"] == pytest.approx(
+        sum(r["steady_state"]["counted"] for r in rounds) / sum(windows)
+    )
     assert saturation["stages_ms"]["encode"]["p50"] > 0
     assert saturation["stages_ms"]["fetch"]["p50"] > 0
     assert saturation["batch_size"]["max"] <= 8
@@ -130,13 +181,23 @@ async def test_a_tiny_load_test_measures_every_figure(tmp_path: Path) -> None:
 
     verdicts, bare = report["verdicts"], report["bare"]
     assert (bare["model"], bare["batch"]) == ("random:tiny", 8)
-    assert verdicts["efficiency"] == pytest.approx(steady["images_per_s"] / bare["images_per_s"])
-    # The bare figure brackets the consumer's phases: measured before and after, averaged.
-    before, after = bare["before"]["images_per_s"], bare["after"]["images_per_s"]
-    assert bare["images_per_s"] == pytest.approx((before + after) / 2)
-    assert bare["drift"] == pytest.approx(after / before - 1)
-    assert "batch_ms" not in bare  # per run only: percentiles of two runs do not average
-    assert bare["cpu_workers"] == bare["before"]["cpu_workers"] >= 1
+    # Bare runs before, between and after the rounds; each round against the two beside it.
+    runs = [run["images_per_s"] for run in bare["runs"]]
+    assert len(runs) == 3
+    local = [
+        r["steady_state"]["images_per_s"] / ((before + after) / 2)
+        for r, before, after in zip(rounds, runs, runs[1:], strict=False)
+    ]
+    assert [r["efficiency"] for r in verdicts["rounds"]] == pytest.approx(local)
+    assert verdicts["efficiency"] == pytest.approx(sum(local) / 2)
+    assert bare["images_per_s"] == pytest.approx(sum(runs) / 3)
+    assert verdicts["efficiency_pooled"] == pytest.approx(
+        steady["images_per_s"] / bare["images_per_s"]
+    )
+    assert bare["drift"] == pytest.approx(runs[-1] / runs[0] - 1)
+    assert bare["spread"] == pytest.approx(max(runs) / min(runs) - 1)
+    assert "batch_ms" not in bare  # per run only: percentiles of several runs do not average
+    assert bare["cpu_workers"] == bare["runs"][0]["cpu_workers"] >= 1
     assert verdicts["latency"]["limit_ms"] == pytest.approx(3 * bare["service_ms"])
 
     legacy = report["legacy"]
@@ -145,8 +206,8 @@ async def test_a_tiny_load_test_measures_every_figure(tmp_path: Path) -> None:
     assert with_sleep["images_per_s"] < legacy["no_sleep"]["images_per_s"]
     assert with_sleep["images_per_s"] == pytest.approx(with_sleep["formula_images_per_s"], rel=0.1)
 
-    _check_files(report["files"], verdicts, rows=24 + latency["results"])
-    assert report["results_per_consumer"] == [8 + 24 + latency["results"]]  # warm-up too
+    _check_files(report["files"], verdicts, rows=48 + latency["results"])
+    assert report["results_per_consumer"] == [8 + 48 + latency["results"]]  # warm-up too
     cores = report["cpu_cores"]["saturation"]["cores"]
     # The pools' threads are named, so the CPU per role can be told apart (a tiny model's
     # share can round to 0 clock ticks, so only the names are checked).
@@ -158,7 +219,7 @@ async def test_two_consumer_processes_share_the_topic_through_a_milvus_server(
     tmp_path: Path,
 ) -> None:
     config = LoadtestConfig(
-        images=64, model="random:tiny", batch=8, device="cpu", latency_seconds=0,
+        images=64, rounds=1, model="random:tiny", batch=8, device="cpu", latency_seconds=0,
         bare_batches=1, legacy_iterations=0, milvus="server", consumers=2,
         out=tmp_path / "out", timeout_s=120.0, model_cache_dir=tmp_path / "models",
     )  # fmt: skip
