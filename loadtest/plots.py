@@ -48,9 +48,14 @@ def _rate(done: np.ndarray, window: float) -> tuple[np.ndarray, np.ndarray]:
     return grid, counts / window
 
 
-def throughput_and_latency(phases: Sequence[Phase], t0: float, path: Path) -> Path:
+def throughput_and_latency(
+    phases: Sequence[Phase], t0: float, path: Path, bare_runs: Sequence[dict[str, Any]] = ()
+) -> Path:
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    for index, run in enumerate(bare_runs):
+        label = "bare encoder (consumers frozen)" if index == 0 else None
+        top.axvspan(run["started"] - t0, run["finished"] - t0, color="0.88", label=label)
     span = max((p.finished for p in phases), default=t0 + 1) - t0
     everything = np.array([s.completed - t0 for p in phases for s in p.samples])
     window = _window_s(span, everything) if everything.size else 5.0
@@ -66,7 +71,7 @@ def throughput_and_latency(phases: Sequence[Phase], t0: float, path: Path) -> Pa
     top.set_title(f"throughput (trailing {window:.0f} s window) and end-to-end latency")
     top.legend(loc="upper right", fontsize="small")
     bottom.set_ylabel("e2e latency (s)")
-    bottom.set_xlabel("seconds since the first phase started")
+    bottom.set_xlabel("seconds since the first phase or bare run started")
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -92,16 +97,19 @@ def latency_histograms(phases: Sequence[Phase], path: Path) -> Path:
     return path
 
 
-def write_plots(phases: Sequence[Phase], out: Path) -> list[Path]:
+def write_plots(
+    phases: Sequence[Phase], out: Path, bare_runs: Sequence[dict[str, Any]] = ()
+) -> list[Path]:
     measured = [p for p in phases if p.name != "warmup"]
-    t0 = min((p.started for p in measured), default=0.0)
+    t0 = min([p.started for p in measured] + [r["started"] for r in bare_runs], default=0.0)
     # One histogram for all the saturation rounds: they are one load, split for the bare runs.
     rounds = [p for p in measured if p.name.startswith(f"{SATURATION}-")]
     pooled = Phase(SATURATION, sum(p.count for p in rounds), rounds[0].rate) if rounds else None
     if pooled is not None:
         pooled.samples = [s for p in rounds for s in p.samples]
-    histograms = ([pooled] if pooled else []) + [p for p in measured if p not in rounds]
+    others = [p for p in measured if not p.name.startswith(f"{SATURATION}-")]
+    histograms = ([pooled] if pooled else []) + others
     return [
-        throughput_and_latency(measured, t0, out / "throughput_latency.png"),
+        throughput_and_latency(measured, t0, out / "throughput_latency.png", bare_runs),
         latency_histograms(histograms, out / "latency_histogram.png"),
     ]

@@ -250,7 +250,7 @@ async def _consumers(
 
 
 def _write(report: dict[str, Any], phases: list[Phase], out: Path) -> dict[str, Any]:
-    plots = write_plots(phases, out)
+    plots = write_plots(phases, out, report["bare"]["runs"])
     report["files"] = {
         "report": str(out / "report.json"),
         "samples": str(write_samples(phases, out / "samples.csv")),

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,8 @@ async def test_a_tiny_load_test_measures_every_figure(tmp_path: Path) -> None:
     assert bare["drift"] == pytest.approx(runs[-1] / runs[0] - 1)
     assert bare["spread"] == pytest.approx(max(runs) / min(runs) - 1)
     assert "batch_ms" not in bare  # per run only: percentiles of several runs do not average
+    spans = [(run["started"], run["finished"]) for run in bare["runs"]]
+    assert all(a < b <= c for (a, b), (c, _) in pairwise(spans))
     assert bare["cpu_workers"] == bare["runs"][0]["cpu_workers"] >= 1
     assert verdicts["latency"]["limit_ms"] == pytest.approx(3 * bare["service_ms"])
 
