@@ -101,7 +101,8 @@ def _create_topics(settings: Settings, partitions: int | None, replication: int)
     from aiokafka.errors import KafkaError
 
     from consumers.kafka import client_kwargs
-    from consumers.stack import StackError, create_topics
+    from consumers.servers import StackError
+    from consumers.stack import create_topics
     from schemas.topics import Topics
 
     admin = client_kwargs(settings.kafka)

@@ -22,7 +22,7 @@ from typing import Any, Self
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.stack import HOST, _die_with_parent, _terminate, free_port
+from consumers.servers import HOST, die_with_parent, free_port, terminate
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -47,7 +47,7 @@ class ConsumerProcess:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(  # noqa: ASYNC220 (the death signal follows this thread)
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
-                start_new_session=True, preexec_fn=_die_with_parent(),  # noqa: PLW1509
+                start_new_session=True, preexec_fn=die_with_parent(),  # noqa: PLW1509
             )  # fmt: skip
         deadline = time.monotonic() + timeout_s
         while not await asyncio.to_thread(self._ready):
@@ -79,7 +79,7 @@ class ConsumerProcess:
         """SIGTERM (drains the in-flight batch), SIGKILL after ``timeout_s``."""
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
-            await asyncio.to_thread(_terminate, process, timeout_s)
+            await asyncio.to_thread(terminate, process, timeout_s)
 
     async def __aenter__(self) -> Self:
         return await self.start()

@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from consumers.s3 import S3Store
+from consumers.servers import HOST, S3Server
 from consumers.settings import S3Settings
-from consumers.stack import HOST, S3Server
 from loadtest.consumer import cpu_seconds
 from loadtest.synth import photo_jpeg
 

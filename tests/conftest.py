@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from consumers.servers import Broker
 from consumers.settings import S3Settings
-from consumers.stack import Broker
 
 # ---------------------------------------------------------------------------------------
 # S3: a moto server on 127.0.0.1
@@ -54,7 +54,7 @@ def s3_server() -> Iterator[S3Settings]:
 
 
 # ---------------------------------------------------------------------------------------
-# Kafka: a Tansu broker subprocess on 127.0.0.1 (consumers/stack.py)
+# Kafka: a Tansu broker subprocess on 127.0.0.1 (consumers/servers.py)
 # ---------------------------------------------------------------------------------------
 
 

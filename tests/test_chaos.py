@@ -32,8 +32,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.kafka import client_kwargs
 from consumers.s3 import S3Store
+from consumers.servers import Broker, die_with_parent, free_port
 from consumers.settings import KafkaSettings, MilvusSettings, S3Settings, Settings
-from consumers.stack import Broker, _die_with_parent, create_topics, free_port
+from consumers.stack import create_topics
 from consumers.store import VectorStore
 from loadtest.consumer import results_published
 from schemas.events import ImageSubmitted, Status, TaskResult, dump
@@ -84,7 +85,7 @@ class Consumer:
         env = self.env | {"IMAGESTREAM_METRICS__PORT": str(self.metrics_port)}
         self.process = subprocess.Popen(
             command, env=env, cwd=self.folder, stdin=subprocess.DEVNULL, stdout=self.log,
-            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent(),  # noqa: PLW1509
+            stderr=subprocess.STDOUT, preexec_fn=die_with_parent(),  # noqa: PLW1509
         )  # fmt: skip
 
     async def logged(self, text: str, timeout_s: float) -> bool:

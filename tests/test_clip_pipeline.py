@@ -11,9 +11,9 @@ import pytest
 
 from consumers.ingest import result_reader
 from consumers.launcher import running_consumers
+from consumers.servers import Broker
 from consumers.service import ConsumerService
 from consumers.settings import DeliverySettings, S3Settings, Settings
-from consumers.stack import Broker
 from schemas.events import ErrorCode, Status, TaskResult
 from tests.helpers import collect, event, produce, produce_events, sample_jpeg, upload
 from tests.stack_settings import stack_settings

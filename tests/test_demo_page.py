@@ -18,6 +18,7 @@ import pytest
 
 from consumers.gateway.server import running_gateway
 from consumers.launcher import running_consumers
+from consumers.servers import Broker
 from consumers.settings import (
     CaptionSettings,
     ClipSettings,
@@ -27,7 +28,6 @@ from consumers.settings import (
     S3Settings,
     Settings,
 )
-from consumers.stack import Broker
 from tests.face_support import random_deepface_home, two_face_photo
 from tests.helpers import jpeg
 from tests.stack_settings import stack_settings

@@ -10,9 +10,9 @@ import pytest
 
 from consumers.ingest import result_reader
 from consumers.launcher import running_consumers
+from consumers.servers import Broker
 from consumers.service import ConsumerService
 from consumers.settings import FaceSettings, S3Settings, Settings
-from consumers.stack import Broker
 from schemas.events import ErrorCode, Status, TaskResult
 from tests.face_support import face_model_cache, random_deepface_home, two_face_photo
 from tests.helpers import collect, event, jpeg, produce_events, sample_jpeg, upload

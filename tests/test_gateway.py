@@ -15,8 +15,8 @@ from multidict import CIMultiDict
 
 from consumers.gateway.server import running_gateway
 from consumers.launcher import running_consumers
+from consumers.servers import Broker
 from consumers.settings import WEARABLE, GatewaySettings, S3Settings, Settings, ZeroShotSettings
-from consumers.stack import Broker
 from tests.helpers import sample_jpeg
 from tests.stack_settings import clip_only_settings
 

@@ -21,9 +21,9 @@ from consumers.cli import main
 from consumers.dlq import DLQ_CODES, dlq_headers
 from consumers.ingest import result_reader
 from consumers.launcher import running_consumers
+from consumers.servers import Broker
 from consumers.service import ConsumerService
 from consumers.settings import ClipSettings, DeliverySettings, MilvusSettings, S3Settings, Settings
-from consumers.stack import Broker
 from schemas.events import Status, TaskResult, TextQuery
 from schemas.topics import Topics
 from tests.helpers import collect, produce, upload

@@ -21,8 +21,8 @@ from consumers.launcher import running_consumers
 from consumers.legacy.adapter import legacy_adapter
 from consumers.legacy.emulator import LegacyBackend
 from consumers.s3 import S3Store
+from consumers.servers import Broker
 from consumers.settings import LegacySettings, S3Settings, Settings
-from consumers.stack import Broker
 from schemas.events import CallbackFailed
 from schemas.topics import Topics
 from tests.stack_settings import clip_only_settings, settings_env, small_jpegs

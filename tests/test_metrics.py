@@ -20,8 +20,9 @@ from prometheus_client import REGISTRY
 from consumers.kafka import make_broker
 from consumers.metrics import metrics_server, observe_results, record_dlq
 from consumers.monitor import Monitor, gpu_memory
+from consumers.servers import Broker
 from consumers.settings import KafkaSettings, Settings
-from consumers.stack import Broker, create_topics
+from consumers.stack import create_topics
 from schemas.events import ErrorCode, Status, TaskError, TaskResult, Timings, utcnow
 from schemas.topics import Topics
 from tests.helpers import produce

@@ -20,6 +20,7 @@ from consumers.ingest import publish, result_reader, wait_for_results
 from consumers.labels import shared_label_sets
 from consumers.launcher import running_consumers
 from consumers.search import search_text
+from consumers.servers import Broker
 from consumers.service import ConsumerService
 from consumers.settings import (
     CaptionSettings,
@@ -30,7 +31,6 @@ from consumers.settings import (
     S3Settings,
     Settings,
 )
-from consumers.stack import Broker
 from schemas.events import ErrorCode, ImageSubmitted, Status, TaskResult
 from schemas.topics import Topics
 from tests.helpers import event, produce_events, sample_jpeg, upload

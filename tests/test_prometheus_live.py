@@ -24,9 +24,9 @@ from prometheus_client import REGISTRY
 from consumers.ingest import result_reader, wait_for_results
 from consumers.launcher import running_consumers
 from consumers.metrics import metrics_server
+from consumers.servers import HOST, Broker, Server, free_port
 from consumers.service import ConsumerService
 from consumers.settings import ClipSettings, MetricsSettings, S3Settings, Settings
-from consumers.stack import HOST, Broker, _Server, free_port
 from schemas.topics import Topics
 from tests.helpers import event, produce_events, sample_jpeg, upload
 from tests.stack_settings import stack_settings
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 INFRA = Path(__file__).resolve().parent.parent / "infra" / "prometheus"
 
 
-class Prometheus(_Server):
+class Prometheus(Server):
     """Debian's prometheus on a free loopback port, scraping every second."""
 
     name = "prometheus"

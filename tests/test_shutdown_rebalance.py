@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from consumers.launcher import running_consumers
+from consumers.servers import Broker
 from consumers.settings import DeliverySettings, MilvusSettings, S3Settings, Settings
-from consumers.stack import Broker
 from schemas.events import ImageSubmitted, Status, TaskResult
 from schemas.topics import Topics
 from tests.helpers import event, jpeg, produce_events, upload

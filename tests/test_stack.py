@@ -19,15 +19,9 @@ from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped,un
 from aiokafka.errors import UnknownError  # type: ignore[import-untyped,unused-ignore]
 
 from consumers.s3 import S3Store
+from consumers.servers import Broker, StackError, find_tansu
 from consumers.settings import Settings
-from consumers.stack import (
-    Broker,
-    EmbeddedStack,
-    StackError,
-    create_bucket,
-    create_topics,
-    find_tansu,
-)
+from consumers.stack import EmbeddedStack, create_bucket, create_topics
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -230,7 +224,7 @@ async def test_a_server_that_cannot_start_names_its_log(tmp_path: Path) -> None:
 _ORPHAN_SCRIPT = """
 import asyncio, sys, time
 from pathlib import Path
-from consumers.stack import Broker
+from consumers.servers import Broker
 
 async def main():
     broker = await Broker(Path(sys.argv[1])).start()

@@ -11,8 +11,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.cli import main
 from consumers.legacy.callbacks import CallbackSender
+from consumers.servers import Broker
 from consumers.settings import KafkaSettings, LegacySettings, Settings
-from consumers.stack import Broker
 from schemas.topics import Topics
 
 pytestmark = pytest.mark.integration
