@@ -6,6 +6,7 @@ Plain types only (no pydantic) so the pipeline decides how results become events
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -98,6 +99,7 @@ class VectorStore:
         self._unflushed = 0
         self._client: MilvusClient | None = None
         self._index_type = "AUTOINDEX"
+        self.upsert_misfiles_rows = False
 
     def __enter__(self) -> Self:
         self.open()
@@ -115,6 +117,7 @@ class VectorStore:
             with _translate_errors():
                 self._index_type = self._ensure_collection(client)
                 client.load_collection(self.collection, timeout=self.timeout_s)
+                self.upsert_misfiles_rows = upsert_misfiles(client.get_server_version())
         except BaseException:
             client.close()
             raise
@@ -132,11 +135,28 @@ class VectorStore:
         # A Milvus server refuses one upsert holding the same key twice (the same image
         # submitted twice in one batch); the last row wins, as separate upserts would.
         data = list({row.id: self._row_dict(row) for row in rows}.values())
-        self._call("upsert", data=data)
+        if self.upsert_misfiles_rows:
+            self._call("delete", filter=_filter_expr(None, [str(row["id"]) for row in data]))
+            self._call("insert", data=data)
+        else:
+            self._call("upsert", data=data)
         self._unflushed += len(data)
         if self.flush_every_rows and self._unflushed >= self.flush_every_rows:
             self._unflushed = 0
             self._call("flush")
+
+    def delete_others(self, image_ids: Sequence[str], keep_ids: Sequence[str], tenant: str) -> None:
+        """Delete the rows of these images, in one tenant, whose ids are not in ``keep_ids``:
+        what an image submitted again with fewer faces than before leaves behind."""
+        if not image_ids:
+            return
+        clauses = [
+            f"tenant == {_literal(tenant)}",
+            f"image_id in [{', '.join(map(_literal, image_ids))}]",
+        ]
+        if keep_ids:
+            clauses.append(f"id not in [{', '.join(map(_literal, keep_ids))}]")
+        self._call("delete", filter=" and ".join(clauses))
 
     def search(
         self,
@@ -315,6 +335,18 @@ def stored_dim(settings: MilvusSettings, collection: str) -> int | None:
         client.close()
     dims = [int(f["params"]["dim"]) for f in fields if f["name"] == "vector"]
     return dims[0] if dims else None
+
+
+def upsert_misfiles(server_version: str) -> bool:
+    """Whether this Milvus server may file an upserted row under the wrong partition.
+
+    Servers before 2.4 can hash an upserted row's partition key from the wrong field
+    (milvus-io/milvus#30607, fixed by #30772), so a tenant filter, ``tenant == ""``
+    included, misses the row; the PyPI ``milvus`` package ships such a server (2.3.5).
+    There rows are deleted and inserted instead. milvus-lite reports its own version.
+    """
+    match = re.match(r"v(\d+)\.(\d+)\.", server_version)
+    return match is not None and (int(match[1]), int(match[2])) < (2, 4)
 
 
 def _literal(value: str) -> str:

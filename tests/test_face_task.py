@@ -85,5 +85,19 @@ def test_tenants_keep_their_faces_apart_and_top_k_zero_only_stores(task: FaceTas
     assert row["metadata"]["k"] == "v"
 
 
+def test_an_image_submitted_again_with_fewer_faces_leaves_no_stale_face(task: FaceTask) -> None:
+    (before,) = _run(task, ("a", "astronaut", {"collection": "north"}))
+    assert [f.face_id for f in before] == ["a#0"]
+    _run(task, ("a", "astronaut", {"collection": "south"}))  # another tenant's "a"
+    _run(task, ("a", "coffee", {"collection": "north"}), ("b", "astronaut", {}))
+    assert task.store.get(["north/a#0"]) == []
+    assert [row["id"] for row in task.store.get(["south/a#0", "b#0"])] == ["south/a#0", "b#0"]
+    (again,) = _run(task, ("c", "astronaut", {"collection": "north"}))
+    assert again[0].neighbors == []  # north's only other face was a#0, now gone
+    (same,) = _run(task, ("c", "astronaut", {"collection": "north"}))  # a replay
+    assert [f.face_id for f in same] == ["c#0"]
+    assert task.store.count() == 3
+
+
 def test_image_ids_may_contain_the_separator() -> None:
     assert image_of("shop#12/photo#3#0") == "shop#12/photo#3"

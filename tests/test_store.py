@@ -14,7 +14,13 @@ import numpy.typing as npt
 import pytest
 
 from consumers.settings import MilvusSettings
-from consumers.store import StoreSchemaError, StoreUnavailable, VectorRow, VectorStore
+from consumers.store import (
+    StoreSchemaError,
+    StoreUnavailable,
+    VectorRow,
+    VectorStore,
+    upsert_misfiles,
+)
 
 DIM = 8
 HOSTILE = 'a" or tenant != "x\\'
@@ -239,3 +245,62 @@ def test_lost_connection_mid_session_is_store_unavailable(tmp_path: Path) -> Non
             store.search(unit_vectors(1), top_k=3)
         with pytest.raises(StoreUnavailable):
             store.upsert(rows_for(unit_vectors(1)))
+
+
+def _faces_of_a(tenant: str, count: int) -> list[VectorRow]:
+    vectors = unit_vectors(count, seed=len(tenant))
+    prefix = f"{tenant}/a#" if tenant else "a#"
+    return [
+        VectorRow(id=f"{prefix}{n}", image_id="a", uri="s3://i/a.jpg", tenant=tenant, vector=v)
+        for n, v in enumerate(vectors)
+    ]
+
+
+def _delete_others_keeps_only_what_it_should(store: VectorStore) -> None:
+    store.upsert(_faces_of_a("north", 3) + _faces_of_a("south", 1) + rows_for(unit_vectors(1)))
+    store.delete_others(["a"], ["north/a#0"], "north")
+    ids = ["north/a#0", "north/a#1", "north/a#2", "south/a#0", "r0"]
+    assert [row["id"] for row in store.get(ids)] == ["north/a#0", "south/a#0", "r0"]
+    store.delete_others(["a", HOSTILE], [], "north")
+    assert [row["id"] for row in store.get(ids)] == ["south/a#0", "r0"]
+    assert store.count() == 2
+
+
+def test_delete_others_removes_an_images_other_rows_in_one_tenant(store: VectorStore) -> None:
+    _delete_others_keeps_only_what_it_should(store)
+
+
+def _tenant_search_finds_upserted_rows(store: VectorStore) -> None:
+    vectors = unit_vectors(3, seed=7)
+    store.upsert(rows_for(vectors[:2], "n", tenant="north") + rows_for(vectors[2:], "d"))
+    store.upsert(rows_for(vectors[:1], "n", tenant="north"))  # again: still one row
+    assert [key for key, _ in store.search(vectors[:1], 1, tenant="north")[0]] == ["n0"]
+    assert [key for key, _ in store.search(vectors[2:], 5, tenant="")[0]] == ["d0"]
+    assert store.count() == 3
+
+
+def test_tenant_search_finds_upserted_rows(store: VectorStore) -> None:
+    _tenant_search_finds_upserted_rows(store)
+
+
+@pytest.mark.integration
+def test_tenants_and_deletes_on_a_milvus_server(tmp_path: Path) -> None:
+    """The PyPI `milvus` server (2.3.5) files upserted rows under the wrong partition key,
+    which a tenant filter then misses: the store inserts there instead."""
+    from loadtest.milvus_server import milvus_server
+
+    with milvus_server(tmp_path / "milvus") as uri:
+        with VectorStore(MilvusSettings(uri=uri), "tenants", DIM) as store:
+            assert store.upsert_misfiles_rows
+            _tenant_search_finds_upserted_rows(store)
+        with VectorStore(MilvusSettings(uri=uri), "faces", DIM) as store:
+            _delete_others_keeps_only_what_it_should(store)
+
+
+@pytest.mark.parametrize(
+    ("version", "misfiles"),
+    [("v2.3.5-lite", True), ("v2.3.21", True), ("v2.4.0", False), ("v2.6.3", False),
+     ("milvus_lite-3.2.2", False)],
+)  # fmt: skip
+def test_which_servers_get_delete_and_insert(version: str, misfiles: bool) -> None:
+    assert upsert_misfiles(version) is misfiles

@@ -3,7 +3,8 @@
 ``prepare`` detects and aligns the faces of one image in the decode pool; ``infer`` runs
 one recognition call over the faces of the whole micro-batch; ``store_and_search``
 upserts one row per face (primary key ``{image_id}#{n}``, tenant-scoped like every
-vector id) and runs one batched search per tenant. A face's neighbours are faces found
+vector id), deletes the rows an earlier submission of the same image had beyond the
+faces found now, and runs one batched search per tenant. A face's neighbours are faces found
 in *other* images: users ask "where else does this person appear?", and the other faces
 of the same photo are other people (or the face itself). An image without a face is an
 ``ok`` result with ``faces: []``.
@@ -57,9 +58,10 @@ class FaceTask(ImageTask[list[FaceCrop], Vectors]):
 
     def store_and_search(self, jobs: list[FaceJob], outputs: list[Vectors]) -> None:
         start = perf_counter()
-        self.store.upsert(
-            [row for job, vectors in zip(jobs, outputs, strict=True) for row in _rows(job, vectors)]
-        )
+        pairs = zip(jobs, outputs, strict=True)
+        rows = [row for job, vectors in pairs for row in _rows(job, vectors)]
+        self.store.upsert(rows)
+        self._forget_lost_faces(jobs, rows)
         stamp(jobs, "index", since(start))
         start = perf_counter()
         found = self._search(jobs, outputs)
@@ -74,6 +76,19 @@ class FaceTask(ImageTask[list[FaceCrop], Vectors]):
                 )
                 for n, crop in enumerate(job.prepared or [])
             ]
+
+    def _forget_lost_faces(self, jobs: list[FaceJob], rows: list[VectorRow]) -> None:
+        """An image submitted again may show fewer faces (a replaced object, another
+        detector): its rows beyond the faces found now would otherwise stay and keep
+        turning up as neighbours. One delete per tenant in the batch."""
+        images: dict[str, set[str]] = defaultdict(set)
+        kept: dict[str, list[str]] = defaultdict(list)
+        for job in jobs:
+            images[job.tenant].add(job.event.image_id)
+        for row in rows:
+            kept[row.tenant].append(row.id)
+        for tenant, image_ids in images.items():
+            self.store.delete_others(sorted(image_ids), kept[tenant], tenant)
 
     def _search(
         self, jobs: list[FaceJob], outputs: list[Vectors]
