@@ -152,10 +152,10 @@ class VectorStore:
             return
         clauses = [
             f"tenant == {_literal(tenant)}",
-            f"image_id in [{', '.join(map(_literal, image_ids))}]",
+            f"image_id in {_literals(image_ids)}",
         ]
         if keep_ids:
-            clauses.append(f"id not in [{', '.join(map(_literal, keep_ids))}]")
+            clauses.append(f"id not in {_literals(keep_ids)}")
         self._call("delete", filter=" and ".join(clauses))
 
     def search(
@@ -360,12 +360,17 @@ def _literal(value: str) -> str:
     return '"' + value.translate(_ESCAPES) + '"'
 
 
+def _literals(values: Sequence[str]) -> str:
+    """A Milvus list of string literals, for ``in`` and ``not in``."""
+    return "[" + ", ".join(map(_literal, values)) + "]"
+
+
 def _filter_expr(tenant: str | None, restrict_ids: Sequence[str] | None) -> str:
     clauses = []
     if tenant is not None:
         clauses.append(f"tenant == {_literal(tenant)}")
     if restrict_ids is not None:
-        clauses.append(f"id in [{', '.join(map(_literal, restrict_ids))}]")
+        clauses.append(f"id in {_literals(restrict_ids)}")
     return " and ".join(clauses)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from loadtest.generator import Phase
-from loadtest.report import SATURATION
+from loadtest.report import SATURATION, is_round
 
 DPI = 80
 COLOURS = {"saturation": "tab:blue", "latency": "tab:orange", "warmup": "tab:grey"}
@@ -30,7 +30,7 @@ def _pyplot() -> Any:
 
 def _colour(phase: Phase) -> str | None:
     """The saturation rounds (saturation-1, saturation-2, ...) share one colour."""
-    return COLOURS.get(phase.name.split("-")[0])
+    return COLOURS.get(SATURATION if is_round(phase.name) else phase.name)
 
 
 def _window_s(span_s: float, done: np.ndarray) -> float:
@@ -103,11 +103,11 @@ def write_plots(
     measured = [p for p in phases if p.name != "warmup"]
     t0 = min([p.started for p in measured] + [r["started"] for r in bare_runs], default=0.0)
     # One histogram for all the saturation rounds: they are one load, split for the bare runs.
-    rounds = [p for p in measured if p.name.startswith(f"{SATURATION}-")]
+    rounds = [p for p in measured if is_round(p.name)]
     pooled = Phase(SATURATION, sum(p.count for p in rounds), rounds[0].rate) if rounds else None
     if pooled is not None:
         pooled.samples = [s for p in rounds for s in p.samples]
-    others = [p for p in measured if not p.name.startswith(f"{SATURATION}-")]
+    others = [p for p in measured if not is_round(p.name)]
     histograms = ([pooled] if pooled else []) + others
     return [
         throughput_and_latency(measured, t0, out / "throughput_latency.png", bare_runs),

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loadtest.generator import Phase
-from loadtest.stats import pooled_steady, steady_throughput, summary
+from loadtest.stats import pooled_steady, span_s, steady_throughput, summary
 from schemas.events import STAGES
 
 LATENCY_FACTOR = 3.0
@@ -119,10 +119,14 @@ def round_name(index: int) -> str:
     return f"{SATURATION}-{index}"
 
 
+def is_round(phase_name: str) -> bool:
+    return phase_name.startswith(f"{SATURATION}-")
+
+
 def phase_figures(phases: Sequence[Phase]) -> dict[str, dict[str, Any]]:
     """Figures per phase; the saturation rounds also pooled as ``saturation``, after them."""
     figures = {}
-    rounds = [phase for phase in phases if phase.name.startswith(f"{SATURATION}-")]
+    rounds = [phase for phase in phases if is_round(phase.name)]
     for phase in phases:
         figures[phase.name] = _figures([phase])
         if rounds and phase is rounds[-1]:
@@ -130,19 +134,19 @@ def phase_figures(phases: Sequence[Phase]) -> dict[str, dict[str, Any]]:
     return figures
 
 
+def rounds_steady(phases: Sequence[Phase]) -> dict[str, Any] | None:
+    """The phases' steady states pooled: each phase's own window, summed."""
+    return pooled_steady([steady_throughput(phase.samples) for phase in phases])
+
+
 def _figures(phases: Sequence[Phase]) -> dict[str, Any]:
     """One phase's figures, or several phases' as one: the time between them (the bare
     runs between rounds) is in none of the windows."""
     samples = [s for phase in phases for s in phase.samples]
-    steady = [steady_throughput(phase.samples) for phase in phases]
-    spans = [
-        max(s.completed for s in p.samples) - min(s.submitted for s in p.samples)
-        for p in phases
-        if p.samples
-    ]
+    span = sum(span_s(phase.samples) for phase in phases)
     return summary(samples, sum(p.count for p in phases)) | {
-        "steady_state": pooled_steady(steady),
-        "overall_images_per_s": len(samples) / sum(spans) if sum(spans) > 0 else None,
+        "steady_state": rounds_steady(phases),
+        "overall_images_per_s": len(samples) / span if span > 0 else None,
         "rate": phases[0].rate,
         "wall_s": sum(p.finished - p.started for p in phases),
         "publish_s": sum(p.published - p.started for p in phases),

@@ -58,6 +58,7 @@ from loadtest.report import (
     machine,
     phase_figures,
     round_name,
+    rounds_steady,
     verdicts,
     write_json,
     write_samples,
@@ -209,7 +210,7 @@ async def _phases(run: _Run) -> tuple[list[Phase], dict[str, Any], list[dict[str
         spans.append(span)
         bares.append(await run.bare_frozen())
     cpu = {SATURATION: {"cores": cores_used(spans), "loadavg": loadavg()}}
-    steady = phase_figures(rounds)[SATURATION]["steady_state"]
+    steady = rounds_steady(rounds)
     rate = config.latency_rate or (steady["images_per_s"] / 2 if steady else None)
     if config.latency_seconds > 0 and rate:
         count = max(config.batch, round(rate * config.latency_seconds))

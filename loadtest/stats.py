@@ -121,12 +121,11 @@ def pooled_steady(windows: Sequence[dict[str, Any] | None]) -> dict[str, Any] | 
     }
 
 
-def overall_throughput(samples: Sequence[Sample]) -> float | None:
-    """Images/s from the first submission to the last completion (fill included)."""
+def span_s(samples: Sequence[Sample]) -> float:
+    """Seconds from the first submission to the last completion (0 without samples)."""
     if not samples:
-        return None
-    window = max(s.completed for s in samples) - min(s.submitted for s in samples)
-    return len(samples) / window if window > 0 else None
+        return 0.0
+    return max(s.completed for s in samples) - min(s.submitted for s in samples)
 
 
 def stage_breakdown(samples: Sequence[Sample]) -> dict[str, dict[str, float]]:
@@ -146,13 +145,13 @@ def errors(samples: Sequence[Sample]) -> dict[str, int]:
 
 
 def summary(samples: Sequence[Sample], expected: int) -> dict[str, Any]:
+    """The figures that pool across phases by pooling their samples (throughput does
+    not: ``report`` adds it per phase)."""
     return {
         "results": len(samples),
         "expected": expected,
         "missing": expected - len(samples),
         "errors": errors(samples),
-        "steady_state": steady_throughput(samples),
-        "overall_images_per_s": overall_throughput(samples),
         "e2e_ms": percentiles(s.e2e_ms for s in samples),
         "stages_ms": stage_breakdown(samples),
         "batch_size": batch_sizes(samples),
