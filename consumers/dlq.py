@@ -24,9 +24,9 @@ from collections.abc import AsyncGenerator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from consumers.kafka import client_kwargs
+from consumers.kafka import CLI_CLIENT_ID, client_kwargs, make_producer, started
 from consumers.settings import Settings
 from schemas.events import ErrorCode, Status
 from schemas.topics import Topics
@@ -153,21 +153,13 @@ async def replay(
 
 
 async def _republish(settings: Settings, topic: str, records: Sequence[Any]) -> None:
-    producer = AIOKafkaProducer(
-        **client_kwargs(settings.kafka),
-        acks="all",
-        enable_idempotence=settings.kafka.enable_idempotence,
-    )
-    await producer.start()
-    try:
+    async with started(make_producer(settings.kafka, CLI_CLIENT_ID)) as producer:
         acks = []
         for record in records:
             where = f"{record.topic}/{record.partition}/{record.offset}".encode()
             headers = [*original_headers(record.headers), (REPLAYED_FROM, where)]
             acks.append(await producer.send(topic, record.value, key=record.key, headers=headers))
         await asyncio.gather(*acks)
-    finally:
-        await producer.stop()
 
 
 async def read_topic(
@@ -179,8 +171,7 @@ async def read_topic(
     embedded Tansu broker answers ListOffsets with the last *batch*'s base offset + 1.
     """
     consumer = AIOKafkaConsumer(**client_kwargs(settings.kafka), enable_auto_commit=False)
-    await consumer.start()
-    try:
+    async with started(consumer):
         partitions = await _partitions(consumer, topic)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -196,8 +187,6 @@ async def read_topic(
                 raise TimeoutError(
                     f"{topic}: nothing read for {idle_timeout_s:.0f}s before its end"
                 )
-    finally:
-        await consumer.stop()
 
 
 async def _caught_up(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> bool:

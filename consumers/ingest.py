@@ -16,10 +16,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import BaseModel
 
-from consumers.kafka import client_kwargs
+from consumers.kafka import CLI_CLIENT_ID, client_kwargs, make_producer, started
 from consumers.s3 import S3Store
 from consumers.settings import Settings
 from schemas.events import ImageSubmitted, TaskResult, dump
@@ -45,8 +45,7 @@ async def result_reader(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
     """A group-less consumer positioned at the current end of the results topic."""
     topic = Topics(settings.kafka.topic_prefix).results
     consumer = AIOKafkaConsumer(**client_kwargs(settings.kafka), enable_auto_commit=False)
-    await consumer.start()
-    try:
+    async with started(consumer):
         await consumer.topics()  # refreshes metadata so the partition list is current
         partitions = consumer.partitions_for_topic(topic) or set()
         if not partitions:
@@ -57,8 +56,6 @@ async def result_reader(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
         for tp in tps:  # resolve the lazy seek now, before anything is published
             await consumer.position(tp)
         yield consumer
-    finally:
-        await consumer.stop()
 
 
 async def wait_for_results(
@@ -105,17 +102,9 @@ async def publish_events(settings: Settings, events: Sequence[ImageSubmitted]) -
 
 async def publish(settings: Settings, topic: str, keyed: Sequence[tuple[str, BaseModel]]) -> None:
     """Publish (key, event) pairs and return once Kafka acknowledged every one."""
-    producer = AIOKafkaProducer(
-        **client_kwargs(settings.kafka),
-        acks="all",
-        enable_idempotence=settings.kafka.enable_idempotence,
-    )
-    await producer.start()
-    try:
+    async with started(make_producer(settings.kafka, CLI_CLIENT_ID)) as producer:
         sends = [await producer.send(topic, dump(e), key=key.encode()) for key, e in keyed]
         await asyncio.gather(*sends)
-    finally:
-        await producer.stop()
 
 
 async def ingest(

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import logging
 import ssl
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped,unused-ignore]
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
 from consumers.metrics import message_metrics
 from consumers.settings import KafkaSettings
 
+_Client = TypeVar("_Client")
+CLI_CLIENT_ID = "imagestream-cli"
 _SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
 
 
@@ -61,7 +66,7 @@ def client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap_servers,
         "security_protocol": settings.security_protocol,
-        "client_id": "imagestream-cli",
+        "client_id": CLI_CLIENT_ID,
     }
     context = _ssl_context(settings)
     if context is not None:
@@ -78,3 +83,18 @@ def make_producer(settings: KafkaSettings, client_id: str = "imagestream") -> AI
     """A plain aiokafka producer (acks=all) for processes without a FastStream broker."""
     kwargs = client_kwargs(settings) | {"client_id": client_id}
     return AIOKafkaProducer(**kwargs, acks="all", enable_idempotence=settings.enable_idempotence)
+
+
+@asynccontextmanager
+async def started(client: _Client) -> AsyncIterator[_Client]:
+    """An aiokafka producer, consumer or admin client, started for the block and stopped
+    (an admin client closed) after it, also when ``start()`` itself failed or was
+    cancelled: aiokafka leaves what a failed start opened for the garbage collector,
+    which reports it as "Unclosed AIOKafka..." (aio-libs/aiokafka#715, #1130), and a stop
+    is harmless on a client that never started."""
+    handle: Any = client
+    try:
+        await handle.start()
+        yield client
+    finally:
+        await (handle.close() if isinstance(client, AIOKafkaAdminClient) else handle.stop())

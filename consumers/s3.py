@@ -113,12 +113,12 @@ class S3Store:
             aws_secret_access_key=secret.get_secret_value() if secret else None,
             region_name=settings.region,
         )
-        stack = AsyncExitStack()
-        self._client = await stack.enter_async_context(
-            session.client("s3", endpoint_url=settings.endpoint_url, config=self._config())
-        )
-        self._http = await stack.enter_async_context(self._http_session())
-        self._stack = stack
+        async with AsyncExitStack() as stack:  # what opened is closed if the rest fails
+            client = await stack.enter_async_context(
+                session.client("s3", endpoint_url=settings.endpoint_url, config=self._config())
+            )
+            http = await stack.enter_async_context(self._http_session())
+            self._client, self._http, self._stack = client, http, stack.pop_all()
 
     async def close(self) -> None:
         """Close the client, the session and their connection pools; a second call is a

@@ -16,6 +16,7 @@ from aiobotocore.config import AioConfig
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped,unused-ignore]
 from botocore.exceptions import ClientError
 
+from consumers.kafka import started
 from consumers.servers import Broker, S3Server, Service, StackError
 from consumers.settings import RUNTIME_DIR
 
@@ -39,8 +40,7 @@ async def create_topics(
     """
     names = list(dict.fromkeys(topics))
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **admin_options)
-    await admin.start()
-    try:
+    async with started(admin):
         new = [NewTopic(name, partitions, replication_factor) for name in names]
         response = await admin.create_topics(new)
         errors = [
@@ -51,8 +51,6 @@ async def create_topics(
         if errors:
             raise StackError("creating topics failed: " + "; ".join(errors))
         counts = await _wait_for_topics(admin, names, time.monotonic() + timeout_s)
-    finally:
-        await admin.close()
     short = {name: n for name, n in counts.items() if n < partitions}
     if short:
         raise StackError(f"topics exist with fewer than {partitions} partitions: {short}")

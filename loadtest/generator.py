@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
 
-from aiokafka import AIOKafkaProducer
-
 from consumers.ingest import result_reader, wait_for_results
-from consumers.kafka import client_kwargs
+from consumers.kafka import CLI_CLIENT_ID, make_producer, started
 from consumers.s3 import S3Store
 from consumers.settings import Settings
 from loadtest.stats import Sample, sample
@@ -93,14 +91,8 @@ def _events(phase: Phase, uris: Sequence[str], run_id: str, task: str) -> list[I
 async def _publish(settings: Settings, events: list[ImageSubmitted], rate: float | None) -> None:
     """At once, or paced: event i goes out at start + i / rate. ``submitted_at`` is
     stamped just before each send, so a late send does not count as queueing."""
-    producer = AIOKafkaProducer(
-        **client_kwargs(settings.kafka),
-        acks="all",
-        enable_idempotence=settings.kafka.enable_idempotence,
-    )
     topic = Topics(settings.kafka.topic_prefix).images
-    await producer.start()
-    try:
+    async with started(make_producer(settings.kafka, CLI_CLIENT_ID)) as producer:
         start = time.monotonic()
         pending = []
         for i, event in enumerate(events):
@@ -109,8 +101,6 @@ async def _publish(settings: Settings, events: list[ImageSubmitted], rate: float
             stamped = event.model_copy(update={"submitted_at": datetime.now(UTC)})
             pending.append(await producer.send(topic, dump(stamped), key=event.image_id.encode()))
         await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
 
 
 async def run_phase(

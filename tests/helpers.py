@@ -11,7 +11,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from PIL import Image
 
-from consumers.kafka import client_kwargs
+from consumers.kafka import client_kwargs, started
 from consumers.s3 import S3Store
 from consumers.settings import Settings
 from schemas.events import ImageSubmitted, TaskResult, dump
@@ -46,13 +46,10 @@ async def upload(settings: Settings, objects: dict[str, bytes], bucket: str | No
 async def produce(settings: Settings, messages: Sequence[tuple[bytes, bytes]]) -> None:
     """Publish raw (key, value) pairs to the images topic in one burst."""
     producer = AIOKafkaProducer(**client_kwargs(settings.kafka), acks="all")
-    await producer.start()
-    try:
+    async with started(producer):
         topic = Topics(settings.kafka.topic_prefix).images
         futures = [await producer.send(topic, value, key=key) for key, value in messages]
         await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
 
 
 async def produce_events(settings: Settings, events: Sequence[ImageSubmitted]) -> None:

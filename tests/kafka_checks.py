@@ -14,7 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumers.dlq import read_topic
-from consumers.kafka import client_kwargs
+from consumers.kafka import client_kwargs, started
 from consumers.settings import Settings
 
 
@@ -45,13 +45,10 @@ async def offsets(
     consumer = AIOKafkaConsumer(
         **client_kwargs(settings.kafka), group_id=group, enable_auto_commit=False
     )
-    await consumer.start()
-    try:
+    async with started(consumer):
         tps = await _partitions(consumer, topic)
         committed = {tp.partition: await consumer.committed(tp) or 0 for tp in tps}
         return await _high_watermarks(consumer, tps), committed
-    finally:
-        await consumer.stop()
 
 
 async def wait_until_committed(

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from consumers.kafka import client_kwargs
+from consumers.kafka import client_kwargs, started
 from consumers.s3 import S3Store
 from consumers.servers import Broker, die_with_parent, free_port
 from consumers.settings import KafkaSettings, MilvusSettings, S3Settings, Settings
@@ -196,8 +196,7 @@ async def _produce(
     """At a steady rate over ``over_s``, so that the chaos lands mid-stream."""
     producer = AIOKafkaProducer(**client_kwargs(settings.kafka), acks="all")
     topic = Topics(settings.kafka.topic_prefix).images
-    await producer.start()
-    try:
+    async with started(producer):
         chunk = 20
         for start in range(0, len(events), chunk):
             sends = [
@@ -206,15 +205,12 @@ async def _produce(
             ]
             await asyncio.gather(*sends)
             await asyncio.sleep(over_s * chunk / len(events))
-    finally:
-        await producer.stop()
 
 
 async def _read_results(settings: Settings, tally: Tally) -> None:
     """Every result from the beginning of the topic, until cancelled."""
     consumer = AIOKafkaConsumer(**client_kwargs(settings.kafka), enable_auto_commit=False)
-    await consumer.start()
-    try:
+    async with started(consumer):
         topic = Topics(settings.kafka.topic_prefix).results
         await consumer.topics()
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
@@ -224,8 +220,6 @@ async def _read_results(settings: Settings, tally: Tally) -> None:
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
                     tally.add(TaskResult.model_validate_json(record.value))
-    finally:
-        await consumer.stop()
 
 
 async def _progress(tally: Tally, more: int, timeout_s: float, cap: int = EVENTS) -> None:

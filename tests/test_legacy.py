@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from consumers.kafka import client_kwargs
+from consumers.kafka import client_kwargs, started
 from consumers.launcher import running_consumers
 from consumers.legacy.adapter import legacy_adapter
 from consumers.legacy.emulator import LegacyBackend
@@ -94,8 +94,7 @@ async def failed_callbacks(
 async def _read_failed(settings: Settings) -> dict[str, CallbackFailed]:
     topic = Topics(settings.kafka.topic_prefix).callbacks_failed
     reader = AIOKafkaConsumer(**client_kwargs(settings.kafka), enable_auto_commit=False)
-    await reader.start()
-    try:
+    async with started(reader):
         await reader.topics()
         tps = [TopicPartition(topic, p) for p in reader.partitions_for_topic(topic) or ()]
         reader.assign(tps)
@@ -108,8 +107,6 @@ async def _read_failed(settings: Settings) -> dict[str, CallbackFailed]:
                     failed = CallbackFailed.model_validate_json(record.value)
                     found[failed.legacy_id] = failed
         return found
-    finally:
-        await reader.stop()
 
 
 def assert_legacy_shape(backend: LegacyBackend, job_id: str, known: set[str]) -> list[str]:

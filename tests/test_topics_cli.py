@@ -10,6 +10,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.cli import main
+from consumers.kafka import started
 from consumers.legacy.callbacks import CallbackSender
 from consumers.servers import Broker
 from consumers.settings import KafkaSettings, LegacySettings, Settings
@@ -20,11 +21,8 @@ pytestmark = pytest.mark.integration
 
 async def _partitions(bootstrap: str, names: list[str]) -> dict[str, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with started(admin):
         described = await admin.describe_topics(names)
-    finally:
-        await admin.close()
     return {t["topic"]: len(t["partitions"]) for t in described}
 
 

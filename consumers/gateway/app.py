@@ -163,8 +163,8 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await live.start()
-        try:
+        try:  # stop() also undoes a start() that failed part-way
+            await live.start()
             yield
         finally:
             await live.stop()

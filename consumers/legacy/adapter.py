@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import aiohttp
 
-from consumers.kafka import make_producer
+from consumers.kafka import make_producer, started
 from consumers.legacy.callbacks import CallbackClient, CallbackSender
 from consumers.legacy.poller import Poller
 from consumers.legacy.sources import SourceResolver
@@ -50,10 +50,9 @@ async def _sender(settings: Settings, stack: AsyncExitStack, guard: AddressGuard
 
 
 async def _producer(settings: Settings, stack: AsyncExitStack) -> Any:
-    producer = make_producer(settings.kafka, "imagestream-legacy")
-    await producer.start()
-    stack.push_async_callback(producer.stop)
-    return producer
+    return await stack.enter_async_context(
+        started(make_producer(settings.kafka, "imagestream-legacy"))
+    )
 
 
 def _report_failure(task: asyncio.Task[None]) -> None:

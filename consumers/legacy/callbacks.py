@@ -32,7 +32,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from consumers.kafka import client_kwargs
+from consumers.kafka import client_kwargs, started
 from consumers.legacy.publish import publish_until_acked
 from consumers.legacy.ssrf import AddressGuard, Refused, check_url
 from consumers.settings import LegacySettings, Settings
@@ -146,10 +146,8 @@ class CallbackSender:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = self._consumer()
-        await consumer.start()
-        log.info("legacy callbacks for %s, group %s", self.topics.results, self.group_id)
-        try:
+        async with started(self._consumer()) as consumer:
+            log.info("legacy callbacks for %s, group %s", self.topics.results, self.group_id)
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=1000, max_records=64)
                 if not batches:
@@ -160,8 +158,6 @@ class CallbackSender:
                     await consumer.commit(offsets)
                 except KafkaError as exc:
                     log.warning("commit failed, the batch will be redelivered: %r", exc)
-        finally:
-            await consumer.stop()
 
     async def handle(self, values: list[bytes], stop: asyncio.Event) -> None:
         pending: dict[str, tuple[TaskResult, dict[str, Any]]] = {}
