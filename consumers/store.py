@@ -7,19 +7,24 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-import grpc  # type: ignore[import-untyped]
 import numpy as np
 import numpy.typing as npt
 from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.exceptions import ConnectionConfigException
 
+from consumers.milvus_errors import StoreSchemaError, StoreUnavailable, translate_errors
+from consumers.milvus_expr import filter_expr, literal, literals
 from consumers.settings import MilvusSettings
+
+__all__ = [
+    "StoreSchemaError", "StoreUnavailable", "VectorRow", "VectorStore", "stored_dim",
+    "upsert_misfiles",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +40,9 @@ LITE_FLUSH_EVERY_ROWS = 512
 SERVER_PREFIXES = ("http://", "https://", "tcp://", "unix:")
 INDEX_BUILD_PARAMS = {"HNSW": {"M": 16, "efConstruction": 200}, "IVF_FLAT": {"nlist": 1024}}
 FIELDS = ["id", "image_id", "uri", "tenant", "metadata", "vector"]
-# Client-made "cannot connect" and the server's "service unavailable" share code 2.
-_CONNECT_FAILED = 2
-_TRANSIENT_GRPC = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-# Only the escapes both parsers accept (Go strconv.Unquote on a server, milvus-lite's lexer).
-_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 Vector = npt.NDArray[np.float32] | Sequence[float]
 Neighbours = list[list[tuple[str, float]]]
-
-
-class StoreUnavailable(Exception):
-    """Milvus cannot be reached or the milvus-lite folder cannot be opened: retry later."""
-
-
-class StoreSchemaError(RuntimeError):
-    """The existing collection does not fit what this store was asked to use."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,7 +106,7 @@ class VectorStore:
             return
         client = self._connect()
         try:
-            with _translate_errors():
+            with translate_errors():
                 self._index_type = self._ensure_collection(client)
                 client.load_collection(self.collection, timeout=self.timeout_s)
                 self.upsert_misfiles_rows = upsert_misfiles(client.get_server_version())
@@ -136,7 +128,7 @@ class VectorStore:
         # submitted twice in one batch); the last row wins, as separate upserts would.
         data = list({row.id: self._row_dict(row) for row in rows}.values())
         if self.upsert_misfiles_rows:
-            self._call("delete", filter=_filter_expr(None, [str(row["id"]) for row in data]))
+            self._call("delete", filter=filter_expr(None, [str(row["id"]) for row in data]))
             self._call("insert", data=data)
         else:
             self._call("upsert", data=data)
@@ -151,11 +143,11 @@ class VectorStore:
         if not image_ids:
             return
         clauses = [
-            f"tenant == {_literal(tenant)}",
-            f"image_id in {_literals(image_ids)}",
+            f"tenant == {literal(tenant)}",
+            f"image_id in {literals(image_ids)}",
         ]
         if keep_ids:
-            clauses.append(f"id not in {_literals(keep_ids)}")
+            clauses.append(f"id not in {literals(keep_ids)}")
         self._call("delete", filter=" and ".join(clauses))
 
     def search(
@@ -186,7 +178,7 @@ class VectorStore:
             "search",
             data=queries,
             limit=limit,
-            filter=_filter_expr(tenant, restrict_ids),
+            filter=filter_expr(tenant, restrict_ids),
             output_fields=["id"],
             search_params={"params": self._search_params(limit)},
             consistency_level="Strong",  # rows upserted just before must be visible
@@ -211,7 +203,7 @@ class VectorStore:
         # Not client.get(ids=...): pymilvus quotes VARCHAR keys there without escaping.
         found = self._call(
             "query",
-            filter=_filter_expr(None, ids),
+            filter=filter_expr(None, ids),
             output_fields=FIELDS,
             consistency_level="Strong",
         )
@@ -226,7 +218,7 @@ class VectorStore:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
         token = self.settings.token.get_secret_value() if self.settings.token else ""
         try:
-            with _translate_errors():
+            with translate_errors():
                 return MilvusClient(uri=uri, token=token, timeout=self.timeout_s)
         except ConnectionConfigException as exc:
             if not self.is_lite:
@@ -317,7 +309,7 @@ class VectorStore:
     def _call(self, method: str, **kwargs: Any) -> Any:
         if self._client is None:
             raise RuntimeError("VectorStore is not open: call open() or use it as a context")
-        with _translate_errors():
+        with translate_errors():
             call = getattr(self._client, method)
             return call(self.collection, timeout=self.timeout_s, **kwargs)
 
@@ -327,7 +319,7 @@ def stored_dim(settings: MilvusSettings, collection: str) -> int | None:
     probe = VectorStore(settings, collection, dim=1)
     client = probe._connect()
     try:
-        with _translate_errors():
+        with translate_errors():
             if not client.has_collection(collection, timeout=probe.timeout_s):
                 return None
             fields = client.describe_collection(collection, timeout=probe.timeout_s)["fields"]
@@ -347,55 +339,3 @@ def upsert_misfiles(server_version: str) -> bool:
     """
     match = re.match(r"v(\d+)\.(\d+)\.", server_version)
     return match is not None and (int(match[1]), int(match[2])) < (2, 4)
-
-
-def _literal(value: str) -> str:
-    """A double-quoted Milvus string literal that cannot end early or inject an operator.
-
-    milvus-lite 3.2 rejects pymilvus filter templates (``filter_params``), so values are
-    escaped here instead, which also works on every server version.
-    """
-    if any(ord(ch) < 0x20 and ch not in "\t\n\r" for ch in value):
-        raise ValueError(f"control character in filter value {value!r}")
-    return '"' + value.translate(_ESCAPES) + '"'
-
-
-def _literals(values: Sequence[str]) -> str:
-    """A Milvus list of string literals, for ``in`` and ``not in``."""
-    return "[" + ", ".join(map(_literal, values)) + "]"
-
-
-def _filter_expr(tenant: str | None, restrict_ids: Sequence[str] | None) -> str:
-    clauses = []
-    if tenant is not None:
-        clauses.append(f"tenant == {_literal(tenant)}")
-    if restrict_ids is not None:
-        clauses.append(f"id in {_literals(restrict_ids)}")
-    return " and ".join(clauses)
-
-
-def _is_transient(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:  # pymilvus does `raise e from e`
-        seen.add(id(current))
-        code = getattr(current, "code", None)  # grpc errors: a method; Milvus errors: a value
-        if isinstance(current, grpc.RpcError) and callable(code) and code() in _TRANSIENT_GRPC:
-            return True
-        if isinstance(current, MilvusException) and (
-            current.code == _CONNECT_FAILED or current.code in _TRANSIENT_GRPC or current.retriable
-        ):
-            return True
-        current = current.__cause__
-    return False
-
-
-@contextmanager
-def _translate_errors() -> Iterator[None]:
-    """Connection trouble becomes StoreUnavailable; everything else is left as raised."""
-    try:
-        yield
-    except (MilvusException, grpc.RpcError) as exc:
-        if _is_transient(exc):
-            raise StoreUnavailable(f"Milvus unavailable: {exc}") from exc
-        raise
