@@ -151,7 +151,7 @@ def backend_uri(backend: str, folder: Path) -> Iterator[str]:
     if backend == "lite":
         yield str(folder / "bench.db")
     elif backend == "server":
-        with milvus_server(folder / "server") as uri:
+        with milvus_server(folder / "server") as (uri, _):
             yield uri
     else:
         yield backend

@@ -15,11 +15,16 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from consumers.servers import HOST
 
 COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
+
+
+class RunningMilvus(NamedTuple):
+    uri: str  # http://127.0.0.1:<port>
+    pid: int | None  # the server process, for its CPU time
 
 
 class MilvusUnavailable(RuntimeError):
@@ -38,8 +43,8 @@ def _server_class() -> Any:
 
 
 @contextlib.contextmanager
-def milvus_server(base_dir: Path | None = None) -> Iterator[str]:
-    """Start a standalone server, yield its ``http://127.0.0.1:<port>`` URI, stop it."""
+def milvus_server(base_dir: Path | None = None) -> Iterator[RunningMilvus]:
+    """Start a standalone server, yield its URI and process id, stop it."""
     owned = base_dir is None
     folder = base_dir or Path(tempfile.mkdtemp(prefix="imagestream-milvus-"))
     server = _server_class()()
@@ -55,7 +60,8 @@ def milvus_server(base_dir: Path | None = None) -> Iterator[str]:
         except (TimeoutError, RuntimeError) as exc:
             tail = _log_tail(folder)
             raise MilvusUnavailable(f"Milvus server did not start: {exc}\n{tail}") from exc
-        yield f"http://{HOST}:{server.listen_port}"
+        process = getattr(server, "server_proc", None)
+        yield RunningMilvus(f"http://{HOST}:{server.listen_port}", getattr(process, "pid", None))
     finally:
         server.stop()
         if owned:

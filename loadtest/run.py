@@ -50,7 +50,7 @@ from loadtest.consumer import (
 )
 from loadtest.generator import Phase, presigned_urls, run_phase, upload_images
 from loadtest.legacy import legacy_baseline
-from loadtest.milvus_server import milvus_server
+from loadtest.milvus_server import RunningMilvus, milvus_server
 from loadtest.plots import write_plots
 from loadtest.report import (
     SATURATION,
@@ -103,14 +103,16 @@ def settings_from(env: dict[str, str]) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def _milvus(config: LoadtestConfig, runtime: Path) -> AsyncIterator[str]:
+async def _milvus(config: LoadtestConfig, runtime: Path) -> AsyncIterator[RunningMilvus]:
+    """The URI; and the process id where a server of ours runs (milvus-lite runs inside
+    the consumer and counts as its CPU; a given URI's server is not ours to measure)."""
     if config.milvus == "lite":
-        yield str(runtime / "milvus.db")
+        yield RunningMilvus(str(runtime / "milvus.db"), None)
     elif config.milvus == "server":
-        with milvus_server() as uri:
-            yield uri
+        with milvus_server() as running:
+            yield running
     else:
-        yield config.milvus
+        yield RunningMilvus(config.milvus, None)
 
 
 def _bare(
@@ -147,13 +149,14 @@ def _bars(console: Console) -> Iterator[Progress]:
         yield progress
 
 
-def _cpu(consumers: list[ConsumerProcess], stack: EmbeddedStack) -> dict[str, float | None]:
+def _cpu(
+    consumers: list[ConsumerProcess], servers: dict[str, int | None]
+) -> dict[str, float | None]:
     used = [cpu_seconds(consumer.pid) for consumer in consumers]
     return {
         "consumer": None if None in used else sum(u for u in used if u is not None),
         "generator": self_cpu_seconds(),
-        "broker": cpu_seconds(stack.broker.pid),
-        "s3_server": cpu_seconds(stack.s3.pid),
+        **{name: cpu_seconds(pid) for name, pid in servers.items()},
         "time": time.time(),
     } | {
         f"consumer thread {name}": seconds
@@ -182,15 +185,15 @@ class _Run:
     config: LoadtestConfig
     uris: list[str]
     consumers: list[ConsumerProcess]
-    stack: EmbeddedStack
+    servers: dict[str, int | None]  # name -> process id, for CPU time
     bare: Callable[[], dict[str, Any]]
     bars: Progress
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     async def phase(self, phase: Phase) -> tuple[Phase, tuple[dict[str, Any], dict[str, Any]]]:
-        before = _cpu(self.consumers, self.stack)
+        before = _cpu(self.consumers, self.servers)
         await _phase(self.settings, phase, self.uris, self.config, self.run_id, self.bars)
-        return phase, (before, _cpu(self.consumers, self.stack))
+        return phase, (before, _cpu(self.consumers, self.servers))
 
     async def bare_frozen(self) -> dict[str, Any]:
         with frozen(self.consumers):
@@ -202,7 +205,8 @@ async def _phases(run: _Run) -> tuple[list[Phase], dict[str, Any], list[dict[str
     the bare benchmark again, the consumers frozen for those; then the latency phase.
     Returns the phases, CPU cores used per phase, and the bare runs in order."""
     config = run.config
-    await run.phase(Phase("warmup", config.batch))
+    # A batch per consumer: each pays for its first model call here, not in round 1.
+    await run.phase(Phase("warmup", config.batch * config.consumers))
     bares, rounds, spans = [await run.bare_frozen()], [], []
     for index in range(1, config.rounds + 1):
         phase, span = await run.phase(Phase(round_name(index), config.images, config.rate))
@@ -269,8 +273,10 @@ async def loadtest(config: LoadtestConfig, console: Console | None = None) -> di
     report: dict[str, Any] = {"config": asdict(config), "machine": machine()}
     report["loadavg_start"] = loadavg()
     stack = EmbeddedStack(Topics().all(), [BUCKET], config.partitions, runtime)
-    async with stack, _milvus(config, runtime) as milvus_uri:
-        env = consumer_env(stack.env(), config, milvus_uri)
+    async with stack, _milvus(config, runtime) as milvus:
+        env = consumer_env(stack.env(), config, milvus.uri)
+        servers = {"broker": stack.broker.pid, "s3_server": stack.s3.pid}
+        servers |= {"milvus_server": milvus.pid} if milvus.pid else {}
         settings = settings_from(env)
         uris, urls = await _upload(settings, config, console)
         console.print("the legacy loop (no progress bar)")
@@ -279,7 +285,7 @@ async def loadtest(config: LoadtestConfig, console: Console | None = None) -> di
         async with _consumers(env, config.consumers, runtime) as consumers:
             console.print("bare encoder benchmark before, between and after the saturation rounds")
             with _bars(console) as bars:
-                run = _Run(settings, config, uris, consumers, stack, bare_run, bars)
+                run = _Run(settings, config, uris, consumers, servers, bare_run, bars)
                 phases, cpu, bare_runs = await _phases(run)
             # The group's balance, warm-up included.
             report["results_per_consumer"] = [

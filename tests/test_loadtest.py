@@ -215,6 +215,8 @@ async def test_a_tiny_load_test_measures_every_figure(tmp_path: Path) -> None:
     # The pools' threads are named, so the CPU per role can be told apart (a tiny model's
     # share can round to 0 clock ticks, so only the names are checked).
     assert {"consumer thread device", "consumer thread decode"} <= cores.keys()
+    assert {"broker", "s3_server"} <= cores.keys()
+    assert "milvus_server" not in cores  # milvus-lite counts as the consumer's CPU
 
 
 @pytest.mark.integration
@@ -231,8 +233,10 @@ async def test_two_consumer_processes_share_the_topic_through_a_milvus_server(
     saturation = report["phases"]["saturation"]
     assert (saturation["results"], saturation["missing"], saturation["errors"]) == (64, 0, {})
     shares = report["results_per_consumer"]
-    assert sum(shares) == 8 + 64  # warm-up batch + saturation, each result once
+    assert sum(shares) == 2 * 8 + 64  # a warm-up batch each + saturation, each result once
     assert min(shares) > 0, shares  # both members of the group got partitions and worked
+    cores = report["cpu_cores"]["saturation"]["cores"]
+    assert cores["milvus_server"] > 0  # the server's CPU is counted beside the consumers'
 
 
 def _check_files(files: dict[str, Any], verdicts: dict[str, Any], rows: int) -> None:

@@ -289,7 +289,7 @@ def test_tenants_and_deletes_on_a_milvus_server(tmp_path: Path) -> None:
     which a tenant filter then misses: the store inserts there instead."""
     from loadtest.milvus_server import milvus_server
 
-    with milvus_server(tmp_path / "milvus") as uri:
+    with milvus_server(tmp_path / "milvus") as (uri, _):
         with VectorStore(MilvusSettings(uri=uri), "tenants", DIM) as store:
             assert store.upsert_misfiles_rows
             _tenant_search_finds_upserted_rows(store)
