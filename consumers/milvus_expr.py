@@ -31,3 +31,11 @@ def filter_expr(tenant: str | None, restrict_ids: Sequence[str] | None) -> str:
     if restrict_ids is not None:
         clauses.append(f"id in {literals(restrict_ids)}")
     return " and ".join(clauses)
+
+
+def others_expr(tenant: str, image_ids: Sequence[str], keep_ids: Sequence[str]) -> str:
+    """The rows of these images, in one tenant, whose ids are not in ``keep_ids``."""
+    clauses = [filter_expr(tenant, None), f"image_id in {literals(image_ids)}"]
+    if keep_ids:
+        clauses.append(f"id not in {literals(keep_ids)}")
+    return " and ".join(clauses)

@@ -18,7 +18,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.exceptions import ConnectionConfigException
 
 from consumers.milvus_errors import StoreSchemaError, StoreUnavailable, translate_errors
-from consumers.milvus_expr import filter_expr, literal, literals
+from consumers.milvus_expr import filter_expr, others_expr
 from consumers.settings import MilvusSettings
 
 __all__ = [
@@ -140,15 +140,8 @@ class VectorStore:
     def delete_others(self, image_ids: Sequence[str], keep_ids: Sequence[str], tenant: str) -> None:
         """Delete the rows of these images, in one tenant, whose ids are not in ``keep_ids``:
         what an image submitted again with fewer faces than before leaves behind."""
-        if not image_ids:
-            return
-        clauses = [
-            f"tenant == {literal(tenant)}",
-            f"image_id in {literals(image_ids)}",
-        ]
-        if keep_ids:
-            clauses.append(f"id not in {literals(keep_ids)}")
-        self._call("delete", filter=" and ".join(clauses))
+        if image_ids:
+            self._call("delete", filter=others_expr(tenant, image_ids, keep_ids))
 
     def search(
         self,
