@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,6 +12,8 @@ from pydantic import SecretStr
 
 from consumers.servers import Broker
 from consumers.settings import S3Settings
+
+pytest_plugins = ["pytester", "tests.leaks"]
 
 # ---------------------------------------------------------------------------------------
 # S3: a moto server on 127.0.0.1
@@ -31,6 +34,9 @@ def s3_server() -> Iterator[S3Settings]:
     # no child to leak if pytest dies, and no start-up poll.
     from moto.server import ThreadedMotoServer
 
+    # One INFO line per request: thousands in a failed integration test's captured log,
+    # which then buries the failure itself in a CI log's tail.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:

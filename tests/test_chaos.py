@@ -41,7 +41,7 @@ from schemas.events import ImageSubmitted, Status, TaskResult, dump
 from schemas.topics import Topics
 from tests.helpers import jpeg
 from tests.kafka_checks import wait_until_committed
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import ProxyProcess
 
 pytestmark = pytest.mark.integration
 EVENTS, IMAGES, OBJECTS = 2000, 1600, 200
@@ -135,7 +135,7 @@ def _group(settings: Settings) -> str:
 
 
 def _consumer_env(
-    settings: Settings, proxy: TcpProxy, folder: Path, models: Path
+    settings: Settings, proxy: ProxyProcess, folder: Path, models: Path
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESTREAM_")}
     env.update(
@@ -235,7 +235,7 @@ class Chaos:
     def __init__(
         self,
         consumer: Consumer,
-        proxy: TcpProxy,
+        proxy: ProxyProcess,
         tally: Tally,
         seed: int,
         held_back: Callable[[], Awaitable[None]],
@@ -313,7 +313,7 @@ async def test_chaos_kills_and_an_s3_outage_lose_and_double_count_nothing(
     events = _events(settings.s3.bucket, run)
     tally = Tally()
     host, port = (s3_server.endpoint_url or "").removeprefix("http://").split(":")
-    async with TcpProxy(host, int(port)) as proxy:
+    async with ProxyProcess(host, int(port)) as proxy:
         consumer = Consumer(_consumer_env(settings, proxy, tmp_path, model_cache), tmp_path)
         reader = asyncio.create_task(_read_results(settings, tally))
         steady, held = events[:-HELD_BACK], events[-HELD_BACK:]

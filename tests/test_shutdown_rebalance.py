@@ -24,7 +24,7 @@ from schemas.topics import Topics
 from tests.helpers import event, jpeg, produce_events, upload
 from tests.kafka_checks import offsets, read_all, wait_until_committed
 from tests.stack_settings import stack_settings
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import ProxyProcess
 
 pytestmark = pytest.mark.integration
 GROUP = "imagestream-clip"  # after the test's topic prefix
@@ -32,9 +32,9 @@ GRACEFUL_S = 5.0
 
 
 @pytest.fixture
-async def s3_proxy(s3_server: S3Settings) -> AsyncIterator[TcpProxy]:
+async def s3_proxy(s3_server: S3Settings) -> AsyncIterator[ProxyProcess]:
     host, port = (s3_server.endpoint_url or "").removeprefix("http://").split(":")
-    async with TcpProxy(host, int(port)) as proxy:
+    async with ProxyProcess(host, int(port)) as proxy:
         yield proxy
 
 
@@ -42,7 +42,7 @@ async def s3_proxy(s3_server: S3Settings) -> AsyncIterator[TcpProxy]:
 async def settings(
     kafka_broker: Broker,
     s3_server: S3Settings,
-    s3_proxy: TcpProxy,
+    s3_proxy: ProxyProcess,
     model_cache: Path,
     tmp_path: Path,
 ) -> Settings:
@@ -104,7 +104,7 @@ def _elsewhere(settings: Settings, folder: Path) -> Settings:
 
 
 async def test_shutdown_abandons_a_stuck_batch_without_committing_it(
-    settings: Settings, s3_proxy: TcpProxy, caplog: pytest.LogCaptureFixture, tmp_path: Path
+    settings: Settings, s3_proxy: ProxyProcess, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     events = await _events(settings, 6)
     caplog.set_level(logging.INFO)
@@ -123,7 +123,7 @@ async def test_shutdown_abandons_a_stuck_batch_without_committing_it(
 
 
 async def test_a_revoke_during_a_stuck_batch_commits_nothing_past_it(
-    settings: Settings, s3_proxy: TcpProxy, caplog: pytest.LogCaptureFixture, tmp_path: Path
+    settings: Settings, s3_proxy: ProxyProcess, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     events = await _events(settings, 12)
     caplog.set_level(logging.INFO)
