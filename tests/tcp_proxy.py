@@ -220,7 +220,7 @@ class ProxyProcess:
         return pipe
 
 
-async def _serve(target_host: str, target_port: int) -> None:
+async def _child(target_host: str, target_port: int) -> None:
     """The child: print the port, then obey ``block``/``unblock`` lines until stdin ends."""
     async with TcpProxy(target_host, target_port) as proxy:
         print(proxy.port, flush=True)
@@ -232,4 +232,4 @@ async def _serve(target_host: str, target_port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(_child(sys.argv[1], int(sys.argv[2])))
