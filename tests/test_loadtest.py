@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,17 @@ def _state(pid: int) -> str:
     return stat[stat.rindex(")") + 2]
 
 
+def _states_become(pids: list[int], state: str, timeout_s: float = 10.0) -> list[str]:
+    """The processes' states once all are ``state``, or as they are at the deadline: a
+    SIGSTOP takes effect when its target next runs, not when kill() returns."""
+    deadline = time.monotonic() + timeout_s
+    while (states := [_state(pid) for pid in pids]) != [state] * len(pids):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    return states
+
+
 _PARENT_OF_A_SLEEPER = (
     "import subprocess, sys, time\n"
     "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
@@ -60,7 +72,7 @@ def test_frozen_stops_a_consumers_whole_process_group_then_continues_it(tmp_path
         consumer = ConsumerProcess({}, tmp_path / "consumer.log")
         consumer.process = process
         with frozen([consumer]):
-            assert (_state(process.pid), _state(child)) == ("T", "T")
+            assert _states_become([process.pid, child], "T") == ["T", "T"]
         assert "T" not in (_state(process.pid), _state(child))  # sleeping, or still starting
     finally:
         subprocess.run(["kill", "--", f"-{process.pid}"], check=False)
