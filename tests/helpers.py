@@ -8,10 +8,10 @@ import uuid
 from collections.abc import Sequence
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from PIL import Image
 
-from consumers.kafka import client_kwargs, started
+from consumers.kafka import CLI_CLIENT_ID, make_producer, started
 from consumers.s3 import S3Store
 from consumers.settings import Settings
 from schemas.events import ImageSubmitted, TaskResult, dump
@@ -45,8 +45,7 @@ async def upload(settings: Settings, objects: dict[str, bytes], bucket: str | No
 
 async def produce(settings: Settings, messages: Sequence[tuple[bytes, bytes]]) -> None:
     """Publish raw (key, value) pairs to the images topic in one burst."""
-    producer = AIOKafkaProducer(**client_kwargs(settings.kafka), acks="all")
-    async with started(producer):
+    async with started(make_producer(settings.kafka, CLI_CLIENT_ID)) as producer:
         topic = Topics(settings.kafka.topic_prefix).images
         futures = [await producer.send(topic, value, key=key) for key, value in messages]
         await asyncio.gather(*futures)

@@ -28,9 +28,9 @@ from typing import IO
 
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from consumers.kafka import client_kwargs, started
+from consumers.kafka import CLI_CLIENT_ID, client_kwargs, make_producer, started
 from consumers.s3 import S3Store
 from consumers.servers import Broker, die_with_parent, free_port
 from consumers.settings import KafkaSettings, MilvusSettings, S3Settings, Settings
@@ -194,9 +194,8 @@ async def _produce(
     settings: Settings, events: list[ImageSubmitted], over_s: float = PRODUCE_S
 ) -> None:
     """At a steady rate over ``over_s``, so that the chaos lands mid-stream."""
-    producer = AIOKafkaProducer(**client_kwargs(settings.kafka), acks="all")
     topic = Topics(settings.kafka.topic_prefix).images
-    async with started(producer):
+    async with started(make_producer(settings.kafka, CLI_CLIENT_ID)) as producer:
         chunk = 20
         for start in range(0, len(events), chunk):
             sends = [
