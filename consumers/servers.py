@@ -211,9 +211,10 @@ class Broker(Server):
     name = "tansu"
     # aiokafka's own request timeouts end a slow probe, never this one: a bootstrap
     # cancelled between its connection and the metadata answer leaves that connection
-    # open ("Unclosed AIOKafkaConnection" once collected; it failed a CI run). The probe
-    # waits on at most five of them in a row: the bootstrap's connect, ApiVersions and
-    # Metadata, then describe_cluster's connect (ApiVersions included) and Metadata.
+    # open ("Unclosed AIOKafkaConnection" once collected; tests/test_stack.py shows it
+    # with a broker that never answers Metadata). The probe waits on at most five of
+    # them in a row: the bootstrap's connect, ApiVersions and Metadata, then
+    # describe_cluster's connect (ApiVersions included) and Metadata.
     ready_timeout_s = 5 * _REQUEST_TIMEOUT_MS / 1000 + 5
 
     @property

@@ -234,7 +234,7 @@ async def _forward(
 @contextlib.asynccontextmanager
 async def _metadata_never_answered(broker: Broker) -> AsyncIterator[int]:
     """A port where ``broker`` answers every request but Metadata: a broker that accepts
-    and speaks Kafka but is too slow to serve cluster metadata, as Tansu is at a cold start."""
+    and speaks Kafka but is too slow to serve cluster metadata."""
 
     handlers: list[asyncio.Task[None]] = []
 
@@ -260,8 +260,8 @@ async def test_a_probe_that_gets_no_metadata_leaves_no_connection_open(
     kafka_broker: Broker, tmp_path: Path
 ) -> None:
     # The probe ends through aiokafka's request timeout: cancelled by its own deadline
-    # between connecting and the answer, it left an AIOKafkaConnection open, and its
-    # "Unclosed" warning once failed a later test in CI when the collector found it.
+    # between connecting and the answer, it left an AIOKafkaConnection open, whose
+    # "Unclosed" warning fails whichever test runs when the collector finds it.
     async with _metadata_never_answered(kafka_broker) as port:
         probe = Broker(tmp_path, port=port)
         with warnings.catch_warnings(record=True) as seen:
