@@ -10,6 +10,7 @@ neighbours, as these benchmarks do. Start-up takes 10-20 s.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import shutil
 import tempfile
 import warnings
@@ -53,7 +54,7 @@ def milvus_server(base_dir: Path | None = None) -> Iterator[RunningMilvus]:
         server.config.set(f"{component}.ip", HOST)
     try:
         try:
-            with warnings.catch_warnings():
+            with _start_lock(), warnings.catch_warnings():
                 # Its port search drops probe sockets unclosed when a port is taken.
                 warnings.simplefilter("ignore", ResourceWarning)
                 server.start()  # returns once /healthz answers
@@ -66,6 +67,23 @@ def milvus_server(base_dir: Path | None = None) -> Iterator[RunningMilvus]:
         server.stop()
         if owned:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _start_lock() -> Iterator[None]:
+    """Serialise start-ups across processes (parallel test workers, benchmarks).
+
+    The server picks its ports by probing for free ones and binds them only later, so two
+    servers starting at once can pick the same port; once one has started, its ports are
+    bound and the next probe skips them.
+    """
+    path = Path(tempfile.gettempdir()) / "imagestream-milvus-start.lock"
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _log_tail(folder: Path, lines: int = 20) -> str:
