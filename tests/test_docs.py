@@ -9,6 +9,7 @@ import pytest
 
 from consumers import settings_page
 from consumers.contracts import CONFIG_PAGE
+from consumers.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -75,16 +76,28 @@ def test_links_and_anchors_resolve(page: Path) -> None:
     assert not broken, f"{page.name}: broken links {broken}"
 
 
-def _readme_table_settings() -> list[str]:
+def _readme_table() -> dict[str, str]:
+    """Setting -> its default as the README's configuration table shows it."""
     section = README.read_text().partition("## Configuration")[2].partition("\n## ")[0]
-    return re.findall(r"^\| `(IMAGESTREAM_[A-Z0-9_]+)` \|", section, re.MULTILINE)
+    rows = re.findall(r"^\| `(IMAGESTREAM_[A-Z0-9_]+)` \| ([^|]*) \|", section, re.MULTILINE)
+    return dict(rows)
 
 
-def test_the_readme_settings_table_names_real_settings() -> None:
-    names = _readme_table_settings()
-    assert len(names) >= 10
-    unknown = sorted(set(names) - settings_page.setting_names())
+def _same_default(shown: str, rendered: str) -> bool:
+    """`false` for `False`, `["images"]` for `['images']`; "(none)" and the like pass."""
+    if not shown.startswith("`"):
+        return True
+    return shown.lower().replace('"', "'") == rendered.lower()
+
+
+def test_the_readme_settings_table_names_real_settings_and_defaults() -> None:
+    table = _readme_table()
+    assert len(table) >= 10
+    real = {env: default for env, default, _ in settings_page.rows(Settings, "IMAGESTREAM_")}
+    unknown = sorted(set(table) - set(real))
     assert not unknown, f"README's table names settings the code does not have: {unknown}"
+    wrong = {name: shown for name, shown in table.items() if not _same_default(shown, real[name])}
+    assert not wrong, f"README's table shows defaults the code does not have: {wrong}"
 
 
 def _known(name: str, real: set[str]) -> bool:
