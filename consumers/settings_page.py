@@ -13,6 +13,9 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+import consumers.encoders  # noqa: F401 (importing the package registers every preset)
+from consumers.encoders.weights import presets
+from consumers.launcher import DEV_FALLBACKS
 from consumers.settings import Settings
 
 PREFIX = "IMAGESTREAM_"
@@ -33,15 +36,29 @@ One settings tree, read from environment variables with the prefix `IMAGESTREAM_
 Model specs (`IMAGESTREAM_CLIP__MODEL` and every task's `MODEL`): a Hugging Face id
 (`openai/clip-vit-large-patch14`), a local folder holding a `save_pretrained` checkpoint,
 or `random:<preset>` for random weights built offline into `IMAGESTREAM_MODEL_CACHE_DIR`
-(CLIP: `tiny`, `vit-b-32`, `vit-l-14`; DINOv2: `tiny`, `small`; captions: `tiny`,
-`blip-base`; faces: `random:<DeepFace model>`). A model that cannot be loaded stops the
-consumer at start with one line naming it, unless the task's `FALLBACK_MODEL` is set;
-the embedded stack (`make run`, `imagestream up`) sets `random:vit-b-32`,
-`random:small`, `random:blip-base` and `random:GhostFaceNet`.
+({presets}). A model that cannot be loaded stops the consumer at start with one line
+naming it, unless the task's `FALLBACK_MODEL` is set; the embedded stack (`make run`,
+`imagestream up`) sets {fallbacks}.
 
 A consumer refuses to start when `DELIVERY__RETRY_DELAYS_S` (summed) plus
 `DELIVERY__REPLAY_PAUSE_S` exceeds half of `KAFKA__MAX_POLL_INTERVAL_MS`.
 """
+
+
+# The encoder families' names for random:<preset> (consumers/encoders/weights.py).
+FAMILIES = {"clip": "CLIP", "dinov2": "DINOv2", "caption": "captions", "deepface": "faces"}
+
+
+def _model_notes() -> dict[str, str]:
+    """The random presets and the embedded stack's fallbacks, as the code registers them."""
+    listed = "; ".join(
+        f"{label}: {', '.join(f'`{p}`' for p in presets(family))}"
+        for family, label in FAMILIES.items()
+    )
+    fallbacks = ", ".join(
+        f"`IMAGESTREAM_{t.upper()}__FALLBACK_MODEL={m}`" for t, m in DEV_FALLBACKS.items()
+    )
+    return {"presets": listed, "fallbacks": fallbacks}
 
 
 def _shown_default(default: object) -> str:
@@ -93,7 +110,7 @@ def _section(name: str, model: type[BaseModel]) -> list[str]:
 
 def render() -> str:
     """The whole page: the header, one table per section, then the process-wide settings."""
-    parts = [HEADER]
+    parts = [HEADER.format(**_model_notes())]
     top: list[Row] = []
     for name, field in Settings.model_fields.items():
         section = _section_model(field)
