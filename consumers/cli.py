@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("gateway", help="serve the HTTP gateway (IMAGESTREAM_GATEWAY__*)")
     legacy = sub.add_parser("legacy", help="run the legacy polling adapter (POLLING_URL)")
     legacy.add_argument("--only", choices=["poller", "sender"], help="run one half only")
-    schemas = sub.add_parser("schemas", help="write JSON Schema + AsyncAPI to schemas/generated")
+    schemas = sub.add_parser(
+        "schemas", help="write schemas/generated (JSON Schema, AsyncAPI) and docs/configuration.md"
+    )
     schemas.add_argument("--check", action="store_true", help="fail if they are stale")
     return parser
 

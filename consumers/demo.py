@@ -16,7 +16,7 @@ from consumers.settings import Settings
 from schemas.events import TaskResult
 
 # Beyond the embedded stack's tasks (launcher.DEV_TASKS): DINOv2 costs about what CLIP
-# does, shown here but left out of `imagestream up` (captions: off, see README).
+# does, shown here but left out of `imagestream up` (captions: off, see docs/tasks.md).
 DEMO_TASKS = ("dinov2",)
 SAMPLES = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "hubble_deep_field")
 

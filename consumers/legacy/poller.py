@@ -11,8 +11,8 @@ keeps failing) becomes an error ``TaskResult`` on the results topic instead, so 
 callback sender still answers the backend.
 
 The event id is ``legacy:{model}:{job id}``: a job the backend hands out twice yields the
-same event and result ids. The poller keeps no state; see the README ("Legacy
-migration") for what a crash between a poll and its publish means.
+same event and result ids. The poller keeps no state; see docs/legacy-migration.md
+("Crashes") for what a crash between a poll and its publish means.
 """
 
 from __future__ import annotations
