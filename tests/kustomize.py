@@ -1,11 +1,12 @@
 """Render a kustomization the way `kubectl apply -k` does, for the subset infra/k8s uses.
 
-kustomize itself is not installed here. This renders `resources` (files and nested
-kustomizations), `configMapGenerator`/`secretGenerator` (env files and literals,
-create/merge/replace, hash suffixes off), strategic-merge `patches` given by `path`
-(maps merge, lists of named items merge by `name`, `null` deletes a key,
-`$patch: delete` drops a resource), `namespace` and `images`. Any other field raises, so
-a kustomization that grows past what this renders fails its test instead of being
+It needs no kustomize binary (tests/test_kustomize.py compares it with `kubectl
+kustomize` where kubectl is installed: kustomize v5.5 renders the same). It renders
+`resources` (files and nested kustomizations), `configMapGenerator`/`secretGenerator`
+(env files and literals, create/merge/replace, hash suffixes off), strategic-merge
+`patches` given by `path` (maps merge, lists of named items merge by `name`, `null`
+deletes a key, `$patch: delete` drops a resource), `namespace` and `images`. Any other
+field raises, so a kustomization that grows past this fails its test instead of being
 half-rendered.
 """
 

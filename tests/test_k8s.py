@@ -22,7 +22,7 @@ from consumers.settings import Settings
 from consumers.subscribe import consumer_group
 from schemas.topics import Topics
 from tests import k8s_schemas
-from tests.kustomize import Manifest, Unsupported, build, env_file, merge
+from tests.kustomize import Manifest, build, env_file
 from tests.test_infra_compose import PREFIX, _field, dotenv, load, ours
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +132,9 @@ def _check_container(
     ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
     assert ports.get("metrics", settings.metrics.port) == settings.metrics.port, name
     if args.command != "topics":
-        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        probes = [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")]
+        probes += [("startupProbe", "/healthz")] if "startupProbe" in container else []
+        for probe, path in probes:
             get = container[probe]["httpGet"]
             assert get["path"] == path, name
             assert ports[get["port"]] == _served_port(args, settings), f"{name} {probe}"
@@ -282,17 +284,3 @@ def test_milvus_values_are_keys_of_the_chart() -> None:
     assert ours_["cluster"]["enabled"] is True
     assert ours_["pulsarv3"]["enabled"] is False  # Woodpecker in the streaming nodes instead
     assert ours_["streaming"]["enabled"] is True
-
-
-def test_the_renderer_merges_like_kustomize(tmp_path: Path) -> None:
-    base = {"spec": {"containers": [{"name": "a", "image": "x", "env": [{"name": "K"}]}]}}
-    patch = {"spec": {"containers": [{"name": "a", "image": None}, {"name": "b"}]}}
-    assert merge(base, patch) == {
-        "spec": {"containers": [{"name": "a", "env": [{"name": "K"}]}, {"name": "b"}]}
-    }
-    drop = {"spec": {"containers": [{"name": "a", "$patch": "delete"}]}}
-    assert merge(base, drop) == {"spec": {"containers": []}}
-    assert merge({"args": ["a", "b"]}, {"args": ["c"]}) == {"args": ["c"]}
-    (tmp_path / "kustomization.yaml").write_text("resources: []\ncommonLabels: {a: b}\n")
-    with pytest.raises(Unsupported, match="commonLabels"):
-        build(tmp_path)
