@@ -17,6 +17,12 @@ async def raw_values(msg: Any) -> list[bytes]:
     return [record.value or b"" for record in msg.raw_message]
 
 
+def consumer_group(name: str, options: TaskSettings | SearchSettings, kafka: KafkaSettings) -> str:
+    """``options.group_id``, else ``imagestream-<name>`` after the topic prefix (the
+    group KEDA's ScaledObjects in infra/k8s watch)."""
+    return options.group_id or Topics(kafka.topic_prefix).group(f"imagestream-{name}")
+
+
 def batch_subscriber(
     broker: KafkaBroker,
     topic: str,
@@ -27,12 +33,11 @@ def batch_subscriber(
     listener: Any,
     description: str,
 ) -> Any:
-    """A subscriber for group ``options.group_id`` (default ``imagestream-<name>`` after
-    the topic prefix) whose
-    commits the handler makes; ``listener`` sees the group's rebalances."""
+    """A subscriber for ``consumer_group(name, ...)`` whose commits the handler makes;
+    ``listener`` sees the group's rebalances."""
     return broker.subscriber(
         topic,
-        group_id=options.group_id or Topics(kafka.topic_prefix).group(f"imagestream-{name}"),
+        group_id=consumer_group(name, options, kafka),
         batch=True,
         max_records=options.max_records,
         batch_timeout_ms=options.batch_timeout_ms,

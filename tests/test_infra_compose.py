@@ -77,6 +77,15 @@ def compose() -> dict[str, Any]:
     return load(dotenv(ROOT / ".env.example"))
 
 
+def service_env(service: dict[str, Any]) -> dict[str, str]:
+    """A container's environment as compose builds it: env_file, then environment."""
+    files = service.get("env_file", [])
+    env: dict[str, str] = {}
+    for name in [files] if isinstance(files, str) else files:
+        env.update(dotenv(ROOT / name))
+    return env | {k: str(v) for k, v in service.get("environment", {}).items()}
+
+
 def ours(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Services that run the imagestream image."""
     return {
@@ -119,7 +128,7 @@ def test_every_imagestream_variable_is_a_setting_and_validates(
     services = ours(compose)
     assert {"kafka-init", "clip", "face", "adapter", "gateway"} <= services.keys()
     for name, service in services.items():
-        env = {k: str(v) for k, v in service["environment"].items()}
+        env = service_env(service)
         unknown = [
             k
             for k in env
