@@ -15,9 +15,6 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 PAGES = [README, *sorted(DOCS.glob("*.md"))]
-# Linked from the README but written on another branch (Kubernetes deployment): allowed
-# to be missing until that branch is merged; once the file exists it is checked as usual.
-PENDING = {DOCS / "deployment.md"}
 
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 SETTING = re.compile(r"IMAGESTREAM_[A-Z0-9_]*[A-Z0-9_*]")
@@ -59,7 +56,7 @@ def test_readme_is_short() -> None:
 def test_every_docs_page_linked_from_the_readme_exists() -> None:
     linked = {path for path, _ in _links(README) if path.parent == DOCS}
     assert len(linked) >= 8, "the README links the docs pages"
-    missing = {path.name for path in linked - PENDING if not path.is_file()}
+    missing = {path.name for path in linked if not path.is_file()}
     assert not missing, f"README links missing pages: {sorted(missing)}"
 
 
@@ -67,8 +64,6 @@ def test_every_docs_page_linked_from_the_readme_exists() -> None:
 def test_links_and_anchors_resolve(page: Path) -> None:
     broken = []
     for path, anchor in _links(page):
-        if path in PENDING and not path.exists():
-            continue
         if not path.exists():
             broken.append(str(path.relative_to(ROOT)))
         elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
