@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from consumers.errors import ItemError
-from consumers.fit import clean
-from schemas.events import SCHEMA_VERSION, ErrorCode, ImageSubmitted
+from consumers.fit import clean, encodable
+from schemas.events import MAX_ID_CHARS, SCHEMA_VERSION, ErrorCode, ImageSubmitted
 
 E = TypeVar("E", bound=BaseModel)
 
@@ -47,17 +47,21 @@ class BadEvent:
 
 
 def _salvage(record: Record, doc: Any) -> tuple[str, str]:
-    """Ids for the result of an unreadable event: its own where they are strings (made
-    encodable and cut to the id limit), else the record's position and key."""
+    """Ids for the result of an unreadable event: its own where they can be carried as
+    they are, else the record's position (stable across redeliveries) and its key."""
     key = clean(record.key.decode("utf-8", "replace")) if record.key else ""
     if not isinstance(doc, dict):
         return record.position, key
     # A TextQuery's result carries its query id where an image's carries the image id.
     event_id, image_id = doc.get("event_id"), doc.get("image_id", doc.get("query_id"))
     return (
-        clean(event_id) if isinstance(event_id, str) and event_id else record.position,
-        clean(image_id) if isinstance(image_id, str) and image_id else key,
+        event_id if _usable(event_id) else record.position,
+        image_id if _usable(image_id) else key,
     )
+
+
+def _usable(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS and encodable(value)
 
 
 def _loads(value: bytes) -> Any:
@@ -104,8 +108,9 @@ def parse_event(record: Record, model: type[E]) -> E | BadEvent:
 
 
 def _refusal(exc: ValidationError, model: type[BaseModel]) -> ItemError:
-    if any(err["type"] == "json_invalid" for err in exc.errors(include_input=False)):
-        message = f"event is not valid JSON: {describe(exc)}"
-    else:
-        message = f"invalid {model.__name__}: {describe(exc)}"
-    return ItemError(ErrorCode.INVALID_EVENT, message)
+    errors = exc.errors(include_input=False, include_url=False)
+    syntax = [err["msg"] for err in errors if err["type"] == "json_invalid"]
+    if syntax:
+        reason = clean(syntax[0].removeprefix("Invalid JSON: "), 300)
+        return ItemError(ErrorCode.INVALID_EVENT, f"event is not valid JSON: {reason}")
+    return ItemError(ErrorCode.INVALID_EVENT, f"invalid {model.__name__}: {describe(exc)}")
