@@ -11,8 +11,9 @@ A DLQ record carries the source record's key and value bytes unchanged, and head
 attempts,first_seen,event_id}``, and ``imagestream.dlq.truncated`` on a letter that had
 to be cut to fit the producer's record size limit (the source record was near it). The
 source record's own headers travel as ``imagestream.orig.<name>`` (UTF-8 values) or
-``imagestream.orig64.<name>`` (base64 of any other value), so that ``imagestream dlq
-replay`` can restore them byte for byte. Each task's consumer group writes its own record
+``imagestream.orig64.<name>`` (base64 of any other value), a repeated name as
+``imagestream.origrep.<position>.<name>`` (base64), so that ``imagestream dlq replay``
+can restore them byte for byte. Each task's consumer group writes its own record
 for an event it could not process.
 """
 
@@ -50,6 +51,7 @@ DLQ_CODES = frozenset(
 )
 PREFIX = "imagestream.dlq."
 ORIGINAL, ORIGINAL_B64 = "imagestream.orig.", "imagestream.orig64."
+ORIGINAL_REPEAT = "imagestream.origrep."  # + "<position>.<name>": a name seen before
 REPLAYED_FROM = "imagestream.replayed_from"
 TRUNCATED = f"{PREFIX}truncated"
 _MAX_MESSAGE_CHARS = 1000
@@ -82,7 +84,11 @@ def dead_letter(delivered: Delivered) -> DeadLetter | None:
         f"{PREFIX}first_seen": delivered.first_seen.isoformat(),
         f"{PREFIX}event_id": clean(result.source_event_id),
     }
-    for name, value in record.headers:
+    for index, (name, value) in enumerate(record.headers):
+        if ORIGINAL + name in headers or ORIGINAL_B64 + name in headers:
+            # Kafka allows a name twice; a dict key does not: number the repeats.
+            headers[f"{ORIGINAL_REPEAT}{index}.{name}"] = base64.b64encode(value).decode()
+            continue
         try:
             headers[ORIGINAL + name] = value.decode()
         except UnicodeDecodeError:
@@ -107,7 +113,7 @@ def _fitted(letter: DeadLetter) -> DeadLetter:
         notes.append(f"key cut from {len(key):,} bytes")
         key = key[:_MAX_KEY_BYTES]
     if _size(key, b"", headers) > BUDGET_BYTES // 2:
-        originals = [name for name in headers if name.startswith((ORIGINAL, ORIGINAL_B64))]
+        originals = [n for n in headers if n.startswith((ORIGINAL, ORIGINAL_B64, ORIGINAL_REPEAT))]
         for name in originals:
             del headers[name]
         notes.append(f"{len(originals)} source header(s) dropped")
@@ -128,11 +134,17 @@ def original_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, by
     for name, value in headers:
         if name.startswith(ORIGINAL):
             restored.append((name.removeprefix(ORIGINAL), value))
-        elif name.startswith(ORIGINAL_B64):
-            try:
-                restored.append((name.removeprefix(ORIGINAL_B64), base64.b64decode(value)))
-            except binascii.Error:
-                continue  # not written by us: leave it out rather than guess
+            continue
+        if name.startswith(ORIGINAL_B64):
+            original = name.removeprefix(ORIGINAL_B64)
+        elif name.startswith(ORIGINAL_REPEAT):
+            original = name.removeprefix(ORIGINAL_REPEAT).partition(".")[2]
+        else:
+            continue
+        try:
+            restored.append((original, base64.b64decode(value, validate=True)))
+        except binascii.Error:
+            continue  # not written by us: leave it out rather than guess
     return restored
 
 
