@@ -46,7 +46,7 @@ test: install lint
 	$(BIN)/imagestream schemas --check
 	$(BIN)/pytest
 
-# The record-boundary property tests with 20,000 examples each (make test runs 150).
+# The record-boundary property tests with 20,000 examples each (make test runs 100).
 fuzz: install
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -p no:cacheprovider tests/test_boundary_properties.py
 

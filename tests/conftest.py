@@ -20,7 +20,7 @@ pytest_plugins = ["pytester", "tests.leaks"]
 # Property tests (tests/test_boundary_properties.py): a bounded run in `make test`, a
 # long one in `make fuzz` (HYPOTHESIS_PROFILE=fuzz). No deadline: CI machines are slow
 # and shared, and a slow example is not a wrong one.
-settings.register_profile("ci", max_examples=150, deadline=None, print_blob=True)
+settings.register_profile("ci", max_examples=100, deadline=None, print_blob=True)
 settings.register_profile("fuzz", max_examples=20_000, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

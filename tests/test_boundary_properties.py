@@ -3,7 +3,7 @@ parsing never raises, and every answer a consumer builds for it (a result, a DLQ
 an RPC reply) can be published: UTF-8, under the producer's record size limit, and
 readable back with the ids it was built with.
 
-``make test`` runs a bounded number of examples (the ``ci`` profile); ``make fuzz`` runs
+``make test`` runs 100 examples per test (the ``ci`` profile, tests/conftest.py); ``make fuzz`` runs
 many more. Generated cases that once failed stay below as explicit examples.
 """
 
