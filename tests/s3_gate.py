@@ -4,13 +4,16 @@ moto enforces no permissions, so this forwards every request to it over a real s
 except GETs of objects a role may not read: a key whose file name starts with
 ``denied-`` answers 403 ``AccessDenied`` (a denied prefix, a KMS key the role may not
 use, or a missing key without ``s3:ListBucket``), ``archived-`` answers 403
-``InvalidObjectState`` (an object in Glacier).
+``InvalidObjectState`` (an object in Glacier). ``Gate.hang()`` makes every request
+wait unanswered (an S3 that accepts connections and never answers) until ``resume()``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -28,22 +31,33 @@ def _refusal(request: web.Request) -> web.Response | None:
     return None
 
 
+@dataclass
+class Gate:
+    url: str = ""
+    _answering: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def hang(self) -> None:
+        self._answering.clear()
+
+    def resume(self) -> None:
+        self._answering.set()
+
+
 @asynccontextmanager
-async def s3_gate(upstream: str) -> AsyncIterator[str]:
-    """The gate's endpoint URL while the block runs."""
+async def s3_gate(upstream: str) -> AsyncIterator[Gate]:
+    """The gate, answering, while the block runs."""
+    gate = Gate()
+    gate.resume()
     async with aiohttp.ClientSession(auto_decompress=False) as session:
 
         async def forward(request: web.Request) -> web.StreamResponse:
+            await gate._answering.wait()
             refused = _refusal(request)
             if refused is not None:
                 return refused
             headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
-            async with session.request(
-                request.method,
-                upstream + request.path_qs,
-                headers=headers,
-                data=await request.read(),
-            ) as answer:
+            url, data = upstream + request.path_qs, await request.read()
+            async with session.request(request.method, url, headers=headers, data=data) as answer:
                 body = await answer.read()
                 kept = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_HEADERS}
                 return web.Response(status=answer.status, body=body, headers=kept)
@@ -56,6 +70,8 @@ async def s3_gate(upstream: str) -> AsyncIterator[str]:
         await site.start()
         try:
             host, port = runner.addresses[0][:2]
-            yield f"http://{host}:{port}"
+            gate.url = f"http://{host}:{port}"
+            yield gate
         finally:
+            gate.resume()  # requests still waiting finish, so that the server can stop
             await runner.cleanup()

@@ -55,7 +55,7 @@ async def settings(
             kafka_broker.bootstrap_servers,
             s3_server.model_copy(
                 update={
-                    "endpoint_url": gate,  # refuses the denied- and archived- objects
+                    "endpoint_url": gate.url,  # refuses the denied- and archived- objects
                     "allowed_buckets": [BUCKET, MISSING_BUCKET],
                     "max_object_bytes": MAX_OBJECT_BYTES,
                     "secret_access_key": SecretStr(S3_SECRET),  # moto accepts any
