@@ -21,14 +21,16 @@ from pydantic import SecretStr
 
 import consumers.store as store_module
 from consumers.cli import main
-from consumers.dlq import dlq_headers, original_headers
+from consumers.dlq import ReplayFilter, dlq_headers, original_headers, replay
 from consumers.ingest import result_reader
 from consumers.launcher import running_consumers
+from consumers.rpc import RPC_GROUP
 from consumers.servers import Broker
 from consumers.service import ConsumerService
 from consumers.settings import ClipSettings, DeliverySettings, MilvusSettings, S3Settings, Settings
 from consumers.store import VectorStore
 from schemas.events import Status, TaskResult
+from schemas.rpc import RpcReply
 from schemas.topics import Topics
 from tests.boundary_corpus import boundary_cases
 from tests.helpers import collect, produce, produce_records, upload
@@ -105,6 +107,7 @@ async def test_hostile_corpus_yields_documented_outcomes(
     async with running_consumers(settings, ["clip"]) as service:
         caplog.set_level(logging.INFO)
         await _run_corpus(settings, service, capsys)
+        await _run_rpc(settings, service)
     # Every case was an item error: none failed a batch, so none was split and re-run
     # through the model (the row Milvus refused included).
     assert "splitting it to isolate" not in caplog.text
@@ -156,9 +159,43 @@ async def _run_corpus(
             assert case.name not in {n.id for n in got[0].neighbors}
     assert not by_case, by_case  # no result for an image id outside the corpus
     assert not dlq, dlq
+    await _check_replay_skips_cut_letters(settings)
     assert len(rows) - 1 >= 30
     with capsys.disabled():
         print(f"\nhostile input corpus: {len(rows) - 1} cases\n{_table(rows)}")
+
+
+async def _run_rpc(settings: Settings, service: ConsumerService) -> None:
+    """Hostile rpc.v1 records: one error reply for each that names where to reply, none
+    for the others, and the RPC group commits past them all."""
+    topics = service.topics
+    far, huge = '"deadline": "2100-01-01T00:00:00Z"', b"x" * 900_000  # echoed in the reply
+
+    def asking(n: int) -> list[tuple[str, bytes]]:
+        return [("reply_to", topics.rpc_replies.encode()), ("correlation_id", f"c{n}".encode())]
+
+    requests = [
+        (b'{"kind": "\\ud800", ' + far.encode() + b"}", asking(1)),
+        (b"not json", [*asking(2), ("trace", b"\xff\xfe")]),  # FastStream decodes headers
+        (b'{"kind": "embed", "images": {"a": "' + huge + b'"}, ' + far.encode() + b"}", asking(3)),
+        (b"{}", [("reply_to", b"no topic / name"), ("correlation_id", b"c4")]),
+        (b"\x00\x01", []),
+    ]
+    await produce_records(settings, [(topics.rpc, None, v, h) for v, h in requests])
+    await wait_until_committed(settings, topics.rpc, topics.group(RPC_GROUP), 60)
+    replies = {
+        dict(r.headers).get("correlation_id"): RpcReply.model_validate_json(r.value)
+        for r in await read_all(settings, [topics.rpc_replies])
+    }
+    assert sorted(replies) == [b"c1", b"c2", b"c3"]
+    assert all(reply.error is not None for reply in replies.values())
+
+
+async def _check_replay_skips_cut_letters(settings: Settings) -> None:
+    listed: list[dict[str, str]] = []
+    count = await replay(settings, ReplayFilter(), dry_run=True, on_record=listed.append)
+    assert count == len(listed) > 0
+    assert not [info for info in listed if "truncated" in info]
 
 
 Letter = tuple[bytes, dict[str, str], list[tuple[str, bytes]]]
