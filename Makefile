@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run up test lint format schemas bench clean
+.PHONY: install run up test fuzz lint format schemas bench clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ TEST_WORKERS ?= 3
 test: install lint
 	$(BIN)/imagestream schemas --check
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+
+# The record-boundary property tests with 20,000 examples each (make test runs 100).
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -p no:cacheprovider tests/test_boundary_properties.py
 
 lint: install
 	$(BIN)/ruff check .

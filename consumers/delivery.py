@@ -33,6 +33,7 @@ import torch
 from aiokafka.errors import KafkaError
 
 from consumers.errors import ItemError
+from consumers.fit import clean
 from consumers.inflight import Abandoned, Flight, InFlight, RevokeListener, next_offsets, rewind
 from consumers.metrics import BATCH_RETRIES
 from consumers.records import Record, parse_image_event
@@ -161,12 +162,12 @@ class BatchDelivery:
 
     def _internal(self, record: Record, exc: Exception) -> TaskResult:
         event = parse_image_event(record)  # an event or a BadEvent: both carry the ids
-        message = f"internal error on this event alone: {type(exc).__name__}: {exc}"
+        message = clean(f"internal error on this event alone: {type(exc).__name__}: {exc}", 1000)
         return error_result(
             self.task,
             event.event_id,
             event.image_id,
-            ItemError(ErrorCode.INTERNAL, message[:1000]),
+            ItemError(ErrorCode.INTERNAL, message),
             model=self.model(),
             watch=Stopwatch(),
         )

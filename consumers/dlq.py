@@ -8,10 +8,13 @@ about a valid image), and never a transient outage: such batches wait and replay
 
 A DLQ record carries the source record's key and value bytes unchanged, and headers:
 ``imagestream.dlq.{source_topic,source_partition,source_offset,task,code,message,
-attempts,first_seen,event_id}``. The source record's own headers travel as
-``imagestream.orig.<name>`` (UTF-8 values) or ``imagestream.orig64.<name>`` (base64 of
-any other value), so that ``imagestream dlq replay`` can restore them byte for byte.
-Each task's consumer group writes its own record for an event it could not process.
+attempts,first_seen,event_id}``, and ``imagestream.dlq.truncated`` on a letter that had
+to be cut to fit the producer's record size limit (the source record was near it). The
+source record's own headers travel as ``imagestream.orig.<name>`` (UTF-8 values) or
+``imagestream.orig64.<name>`` (base64 of any other value), a repeated name as
+``imagestream.origrep.<position>.<name>`` (base64), so that ``imagestream dlq replay``
+can restore them byte for byte. Each task's consumer group writes its own record
+for an event it could not process.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from consumers.fit import BUDGET_BYTES, clean, record_size
 from consumers.kafka import CLI_CLIENT_ID, client_kwargs, make_producer, started
 from consumers.settings import Settings
 from schemas.events import ErrorCode, Status
@@ -47,8 +51,12 @@ DLQ_CODES = frozenset(
 )
 PREFIX = "imagestream.dlq."
 ORIGINAL, ORIGINAL_B64 = "imagestream.orig.", "imagestream.orig64."
+ORIGINAL_REPEAT = "imagestream.origrep."  # + "<position>.<name>": a name seen before
 REPLAYED_FROM = "imagestream.replayed_from"
+TRUNCATED = f"{PREFIX}truncated"
 _MAX_MESSAGE_CHARS = 1000
+_MAX_KEY_BYTES = 1024
+_NOTE_ROOM = 1024  # the truncation note, in its header and the message (4 bytes a char)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,17 +79,53 @@ def dead_letter(delivered: Delivered) -> DeadLetter | None:
         f"{PREFIX}source_offset": str(record.offset),
         f"{PREFIX}task": result.task,
         f"{PREFIX}code": result.error.code.value,
-        f"{PREFIX}message": result.error.message[:_MAX_MESSAGE_CHARS],
+        f"{PREFIX}message": clean(result.error.message, _MAX_MESSAGE_CHARS),
         f"{PREFIX}attempts": str(delivered.attempts),
         f"{PREFIX}first_seen": delivered.first_seen.isoformat(),
-        f"{PREFIX}event_id": result.source_event_id,
+        f"{PREFIX}event_id": clean(result.source_event_id),
     }
-    for name, value in record.headers:
+    for index, (name, value) in enumerate(record.headers):
+        if ORIGINAL + name in headers or ORIGINAL_B64 + name in headers:
+            # Kafka allows a name twice; a dict key does not: number the repeats.
+            headers[f"{ORIGINAL_REPEAT}{index}.{name}"] = base64.b64encode(value).decode()
+            continue
         try:
             headers[ORIGINAL + name] = value.decode()
         except UnicodeDecodeError:
             headers[ORIGINAL_B64 + name] = base64.b64encode(value).decode()
-    return DeadLetter(record.key, record.value, headers)
+    return _fitted(DeadLetter(record.key, record.value, headers))
+
+
+def _size(key: bytes | None, value: bytes, headers: dict[str, str]) -> int:
+    return record_size(key, value, [(name, text.encode()) for name, text in headers.items()])
+
+
+def _fitted(letter: DeadLetter) -> DeadLetter:
+    """The letter, cut to fit the producer's limit where the source record plus our
+    headers do not: the key to 1 KiB, the source's headers dropped when they take half
+    the room, then the value cut. A cut letter says so (``truncated`` and the message)
+    and is not replayed: its bytes are no longer the event."""
+    key, value, headers = letter.key, letter.value, dict(letter.headers)
+    if _size(key, value, headers) <= BUDGET_BYTES:
+        return letter
+    notes = []
+    if key is not None and len(key) > _MAX_KEY_BYTES:
+        notes.append(f"key cut from {len(key):,} bytes")
+        key = key[:_MAX_KEY_BYTES]
+    if _size(key, b"", headers) > BUDGET_BYTES // 2:
+        originals = [n for n in headers if n.startswith((ORIGINAL, ORIGINAL_B64, ORIGINAL_REPEAT))]
+        for name in originals:
+            del headers[name]
+        notes.append(f"{len(originals)} source header(s) dropped")
+    room = BUDGET_BYTES - _size(key, b"", headers) - _NOTE_ROOM
+    if len(value) > room:
+        notes.append(f"value cut from {len(value):,} to {room:,} bytes")
+        value = value[: max(room, 0)]
+    note = "; ".join(notes)
+    headers[TRUNCATED] = note
+    message = f"{PREFIX}message"
+    headers[message] = f"{headers[message][: _MAX_MESSAGE_CHARS - 200]} (DLQ record: {note})"
+    return DeadLetter(key, value, headers)
 
 
 def original_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
@@ -90,11 +134,17 @@ def original_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, by
     for name, value in headers:
         if name.startswith(ORIGINAL):
             restored.append((name.removeprefix(ORIGINAL), value))
-        elif name.startswith(ORIGINAL_B64):
-            try:
-                restored.append((name.removeprefix(ORIGINAL_B64), base64.b64decode(value)))
-            except binascii.Error:
-                continue  # not written by us: leave it out rather than guess
+            continue
+        if name.startswith(ORIGINAL_B64):
+            original = name.removeprefix(ORIGINAL_B64)
+        elif name.startswith(ORIGINAL_REPEAT):
+            original = name.removeprefix(ORIGINAL_REPEAT).partition(".")[2]
+        else:
+            continue
+        try:
+            restored.append((original, base64.b64decode(value, validate=True)))
+        except binascii.Error:
+            continue  # not written by us: leave it out rather than guess
     return restored
 
 
@@ -129,7 +179,8 @@ async def replay(
 ) -> int:
     """Re-publish matching DLQ records (as of now) to the images topic; returns how many.
 
-    The DLQ is read from its beginning without a consumer group. A source record that
+    The DLQ is read from its beginning without a consumer group. Letters cut to fit the
+    record size limit (header ``imagestream.dlq.truncated``) are skipped. A source record that
     several tasks dead-lettered is re-published once. Replaying again re-publishes again:
     harmless, since an event keeps its ``event_id`` and so its results keep their ids.
     """
@@ -140,8 +191,8 @@ async def replay(
         async for record in dlq:
             info = dlq_headers(record.headers)
             source = "/".join(info.get(f"source_{k}", "") for k in ("topic", "partition", "offset"))
-            if not chosen.matches(info) or source in sources:
-                continue
+            if not chosen.matches(info) or source in sources or "truncated" in info:
+                continue  # a truncated letter no longer holds the event's bytes
             if limit is not None and len(sources) >= limit:
                 break
             sources.add(source)

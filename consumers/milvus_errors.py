@@ -17,6 +17,11 @@ class StoreUnavailable(Exception):
     """Milvus cannot be reached or the milvus-lite folder cannot be opened: retry later."""
 
 
+class StoreRejected(Exception):
+    """Milvus answered and refused this request (a row it will not store, a filter it
+    will not run): retrying it unchanged will not help."""
+
+
 class StoreSchemaError(RuntimeError):
     """The existing collection does not fit what this store was asked to use."""
 

@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 from consumers.decode import decode_image
 from consumers.encoders.cpu_workers import worker_starts
 from consumers.errors import ItemError
+from consumers.fit import clean
+from consumers.milvus_errors import StoreRejected
 from consumers.records import BadEvent, Record, parse_image_event
 from consumers.results import Stopwatch, error_result, ok_result, since
 from consumers.s3 import S3Store, S3Unavailable
@@ -134,10 +136,14 @@ class ImagePipeline:
         stamp(batch.jobs, "wait", since(batch.ready_at))
         jobs = await self._each(batch.jobs, results, self._decode)
         if jobs:
-            await self._infer_and_store(jobs, device_done)
+            refused = await self._infer_and_store(jobs, device_done)
             completed_at = utcnow()  # one stamp: a batch's results complete together
             for job in jobs:
-                results[job.index] = self._ok(job, completed_at)
+                error = refused.get(job.index)
+                if error is None:
+                    results[job.index] = self._ok(job, completed_at)
+                else:
+                    results[job.index] = self._item_error(job, error)
         return sorted(results.items())
 
     async def _each(
@@ -195,7 +201,10 @@ class ImagePipeline:
         image = decode_image(data, self.decode_settings, self.task.encoder.min_input_side)
         return self.task.prepare(image)
 
-    async def _infer_and_store(self, jobs: list[Job[Any]], device_done: Callable[[], None]) -> None:
+    async def _infer_and_store(
+        self, jobs: list[Job[Any]], device_done: Callable[[], None]
+    ) -> dict[int, ItemError]:
+        """One model call, then the store step; the errors of jobs whose rows Milvus refused."""
         prepared = [job.prepared for job in jobs]
         queued = perf_counter()
         outputs, started = await self._run(
@@ -205,6 +214,27 @@ class ImagePipeline:
         stamp(jobs, "wait", (started - queued) * 1000)
         stamp(jobs, "encode", since(started))
         device_done()
+        try:
+            await self._store(jobs, outputs)
+            return {}
+        except StoreRejected as exc:
+            if len(jobs) == 1:
+                return {jobs[0].index: _refused(exc)}
+            log.warning(
+                "%s: Milvus refused a batch of %d, storing each: %s", self.name, len(jobs), exc
+            )
+        # One row (or one tenant's search) was refused: the store step for each job on its
+        # own, with the outputs in hand, so the model does not run again for the others
+        # (a whole-batch failure would be split and re-run by consumers/delivery.py).
+        refused = {}
+        for job, output in zip(jobs, outputs, strict=True):
+            try:
+                await self._store([job], [output])
+            except StoreRejected as exc:
+                refused[job.index] = _refused(exc)
+        return refused
+
+    async def _store(self, jobs: list[Job[Any]], outputs: list[Any]) -> None:
         await self._run(self.pools.store, partial(self.task.store_and_search, jobs, outputs))
 
     def _ok(self, job: Job[Any], completed_at: datetime) -> TaskResult:
@@ -244,6 +274,12 @@ class ImagePipeline:
             model=self.task.model_name,
             watch=watch,
         )
+
+
+def _refused(exc: StoreRejected) -> ItemError:
+    return ItemError(
+        ErrorCode.INVALID_EVENT, clean(f"Milvus refused this image's row: {exc}", 1000)
+    )
 
 
 def _timed(fn: Callable[[T], R], arg: T) -> tuple[R, float]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from consumers.errors import ItemError
-from schemas.events import SCHEMA_VERSION, ErrorCode, ImageSubmitted
+from consumers.fit import clean, encodable
+from schemas.events import MAX_ID_CHARS, SCHEMA_VERSION, ErrorCode, ImageSubmitted
 
 E = TypeVar("E", bound=BaseModel)
 
@@ -46,22 +47,37 @@ class BadEvent:
 
 
 def _salvage(record: Record, doc: Any) -> tuple[str, str]:
-    key = record.key.decode("utf-8", "replace") if record.key else ""
+    """Ids for the result of an unreadable event: its own where they can be carried as
+    they are, else the record's position (stable across redeliveries) and its key."""
+    key = clean(record.key.decode("utf-8", "replace")) if record.key else ""
     if not isinstance(doc, dict):
         return record.position, key
     # A TextQuery's result carries its query id where an image's carries the image id.
     event_id, image_id = doc.get("event_id"), doc.get("image_id", doc.get("query_id"))
     return (
-        event_id if isinstance(event_id, str) and event_id else record.position,
-        image_id if isinstance(image_id, str) and image_id else key,
+        event_id if _usable(event_id) else record.position,
+        image_id if _usable(image_id) else key,
     )
 
 
-def _describe(exc: ValidationError) -> str:
+def _usable(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS and encodable(value)
+
+
+def _loads(value: bytes) -> Any:
+    """The value as Python data, or None where it is not JSON Python can hold: besides
+    syntax errors, ints over 4,300 digits (ValueError) and deep nesting (RecursionError)."""
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        return None
+
+
+def describe(exc: ValidationError) -> str:
     parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "event"
-        parts.append(f"{where}: {err['msg']}")
+    for err in exc.errors(include_input=False, include_url=False)[:5]:
+        where = ".".join(clean(str(p), 64) for p in err["loc"]) or "event"
+        parts.append(f"{where}: {clean(err['msg'], 300)}")
     return "; ".join(parts)
 
 
@@ -70,19 +86,31 @@ def parse_image_event(record: Record) -> ImageSubmitted | BadEvent:
 
 
 def parse_event(record: Record, model: type[E]) -> E | BadEvent:
-    """The record as ``model`` (ImageSubmitted, TextQuery), or why it is not one."""
+    """The record as ``model`` (ImageSubmitted, TextQuery), or why it is not one. Never
+    raises, whatever the bytes.
+
+    pydantic's own JSON parser reads the event: unlike ``json.loads`` it refuses lone
+    surrogates (``"\\ud800"``), which would make every id and result derived from the
+    event unencodable, and it bounds nesting and number sizes itself."""
     try:
-        doc = json.loads(record.value)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        # RecursionError: a few kB of "[[[[..." nest deeper than the parser allows.
-        error = ItemError(ErrorCode.INVALID_EVENT, f"event is not valid JSON: {exc}")
-        return BadEvent(*_salvage(record, None), error)
+        return model.model_validate_json(record.value)
+    except ValidationError as exc:
+        error = _refusal(exc, model)
+    except Exception as exc:  # whatever the bytes: an answer, never a stalled batch
+        error = ItemError(ErrorCode.INVALID_EVENT, f"unreadable event: {type(exc).__name__}")
+    doc = _loads(record.value)
     event_id, image_id = _salvage(record, doc)
     if isinstance(doc, dict) and doc.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
-        message = f"schema_version {doc.get('schema_version')!r} is not supported (expected 1)"
+        version = clean(repr(doc.get("schema_version")), 64)
+        message = f"schema_version {version} is not supported (expected 1)"
         return BadEvent(event_id, image_id, ItemError(ErrorCode.UNSUPPORTED_SCHEMA, message))
-    try:
-        return model.model_validate(doc)
-    except ValidationError as exc:
-        error = ItemError(ErrorCode.INVALID_EVENT, f"invalid {model.__name__}: {_describe(exc)}")
-        return BadEvent(event_id, image_id, error)
+    return BadEvent(event_id, image_id, error)
+
+
+def _refusal(exc: ValidationError, model: type[BaseModel]) -> ItemError:
+    errors = exc.errors(include_input=False, include_url=False)
+    syntax = [err["msg"] for err in errors if err["type"] == "json_invalid"]
+    if syntax:
+        reason = clean(syntax[0].removeprefix("Invalid JSON: "), 300)
+        return ItemError(ErrorCode.INVALID_EVENT, f"event is not valid JSON: {reason}")
+    return ItemError(ErrorCode.INVALID_EVENT, f"invalid {model.__name__}: {describe(exc)}")

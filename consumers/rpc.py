@@ -26,13 +26,17 @@ from typing import Any, TypeVar
 from faststream.kafka import KafkaBroker
 from faststream.middlewares import AckPolicy
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from consumers.decode import decode_image
 from consumers.encoders.base import Encoder, Vectors
 from consumers.errors import ItemError
+from consumers.fit import BUDGET_BYTES, clean
 from consumers.labels import LabelSets, UnknownLabelSet, shared_label_sets
+from consumers.records import describe
 from consumers.s3 import S3Store, S3Unavailable
 from consumers.settings import Settings
+from consumers.subscribe import tolerant_parser
 from schemas.events import S3_URI, ErrorCode, dump, utcnow
 from schemas.rpc import UNKNOWN_LABEL_SET, RpcReply, RpcRequest
 from schemas.topics import Topics
@@ -108,6 +112,23 @@ class _Clip:
         return reply
 
 
+def reply_bytes(reply: RpcReply) -> bytes:
+    """The reply as published: one that cannot be carried (over the record size limit,
+    or text that is not UTF-8) becomes an error reply saying so."""
+    try:
+        data = dump(reply)
+    except (UnicodeEncodeError, PydanticSerializationError):
+        return dump(RpcReply.failed(ErrorCode.INTERNAL, "the reply held text that is not UTF-8"))
+    if len(data) <= BUDGET_BYTES:
+        return data
+    if reply.error is not None:  # an error message that echoed too much of the request
+        message = clean(reply.error.message, 1000)
+        key = clean(reply.error.key) if reply.error.key else None
+        return dump(RpcReply.failed(reply.error.code, message, key))
+    why = f"the reply is {len(data):,} bytes, over the {BUDGET_BYTES:,} limit: ask for less"
+    return dump(RpcReply.failed(ErrorCode.INVALID_EVENT, why))
+
+
 async def _raw_body(msg: Any) -> bytes:
     """No JSON decoding in the broker: bad bytes must become an error reply, not silence."""
     body: bytes = msg.body
@@ -127,6 +148,7 @@ class EncoderRpc:
             # Best-effort by design: a request lost to a crash times out at the gateway.
             ack_policy=AckPolicy.ACK,
             decoder=_raw_body,
+            parser=tolerant_parser,
             auto_offset_reset="earliest",
             session_timeout_ms=kafka.session_timeout_ms,
             heartbeat_interval_ms=kafka.heartbeat_interval_ms,
@@ -140,7 +162,7 @@ class EncoderRpc:
         async def handle(body: RpcRequest) -> bytes:
             # The annotation documents the payload in AsyncAPI; the broker does not cast
             # (apply_types=False), and the raw bytes are validated in ``serve``.
-            return dump(await self.serve(broker.context.get_local("message").body))
+            return reply_bytes(await self.serve(broker.context.get_local("message").body))
 
         subscriber(handle)
 
@@ -152,7 +174,7 @@ class EncoderRpc:
         try:
             request = RpcRequest.model_validate_json(raw)
         except ValidationError as exc:
-            return RpcReply.failed(ErrorCode.INVALID_EVENT, f"bad request: {exc.errors()[:3]}")
+            return RpcReply.failed(ErrorCode.INVALID_EVENT, f"bad request: {describe(exc)}")
         if request.deadline < utcnow():
             return RpcReply.failed(ErrorCode.UNAVAILABLE, "the request expired before it ran")
         if self._clip is None:

@@ -16,17 +16,17 @@ Failures come out in two kinds, because the pipeline treats them differently:
 - ``ItemError``: this event cannot be served, retrying will not help. Bucket not
   allowed (``BUCKET_NOT_ALLOWED``), a key that is not a plain object path
   (``INVALID_EVENT``: the producer sent a bad URI), no such key or bucket and other
-  object-specific 4xx answers (``OBJECT_NOT_FOUND``), over the byte cap
-  (``IMAGE_TOO_LARGE``).
-- ``S3Unavailable``: S3 itself cannot be used right now (connection refused, timeouts,
-  5xx, throttling, missing credentials, access denied); not the item's fault, so the
-  pipeline retries the batch.
+  object-specific 4xx answers (``OBJECT_NOT_FOUND``), object-level denials (403
+  ``AccessDenied``, ``KMS.*``, ``InvalidObjectState``: also ``OBJECT_NOT_FOUND``, the
+  message says which), over the byte cap (``IMAGE_TOO_LARGE``).
+- ``S3Unavailable``: S3 itself cannot be used right now (connection refused, no answer
+  within ``request_timeout_s``, 5xx, throttling, missing or refused credentials); not
+  the item's fault, so the pipeline retries the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -39,6 +39,9 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from consumers.errors import ItemError
+from consumers.s3_errors import S3Unavailable, error_code, error_response, from_client_error
+
+__all__ = ["S3Store", "S3Unavailable"]
 from consumers.settings import S3Settings
 from schemas.events import ErrorCode
 
@@ -51,26 +54,14 @@ DEFAULT_MAX_ATTEMPTS = 3
 # A presigned GET is used at once; the margin covers clock skew, not waiting.
 PRESIGN_EXPIRES_S = 300
 _RETRY_BACKOFF_S = 0.1  # doubled per attempt; the pipeline's own retries are longer
-_ERROR_BODY_BYTES = 64 * 1024
 _CHUNK_BYTES = 1024 * 1024
 _MAX_KEY_BYTES = 1024  # S3's own limit
 # Reads use the aiohttp session's pool; botocore's serves put() (bounded by the
 # semaphore) and ensure_bucket() (not), which should not queue behind a full pool.
 _SPARE_CONNECTIONS = 4
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
-_TRANSIENT_CODES = frozenset(
-    {"SlowDown", "Throttling", "RequestTimeout", "ServiceUnavailable", "InternalError"}
-)
-_DENIED_CODES = frozenset(
-    {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
-)
 # Errors on the way to S3 or while the body streams; whatever aiobotocore did not wrap
 # in a botocore exception surfaces as aiohttp/OS/timeout errors.
 _TRANSPORT_ERRORS = (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
-
-
-class S3Unavailable(Exception):
-    """S3 cannot be used right now; retry later. Not the item's fault."""
 
 
 class S3Store:
@@ -147,13 +138,19 @@ class S3Store:
         return self._client
 
     async def get(self, bucket: str, key: str) -> bytes:
-        """The object's bytes, at most ``max_object_bytes`` of them."""
+        """The object's bytes, at most ``max_object_bytes`` of them. The whole call (the
+        wait for a connection slot, every attempt, the body) ends within
+        ``request_timeout_s``: an S3 that accepts connections and never answers costs a
+        batch that long, not each read's socket timeouts over and over."""
         uri = f"s3://{bucket}/{key}"
         if bucket not in self._settings.allowed_buckets:
             raise ItemError(
                 ErrorCode.BUCKET_NOT_ALLOWED, f"{uri}: bucket {bucket!r} is not allowed"
             )
         _check_key(key, uri)
+        return await self._deadline(f"reading {uri}", self._get(bucket, key, uri))
+
+    async def _get(self, bucket: str, key: str, uri: str) -> bytes:
         what = f"reading {uri}"
         async with self._slots:
             for attempt in range(1, self._max_attempts):
@@ -163,6 +160,14 @@ class S3Store:
                     await asyncio.sleep(_RETRY_BACKOFF_S * 2 ** (attempt - 1))
             return await self._call(what, self._fetch(bucket, key, uri))
 
+    async def _deadline(self, what: str, call: Awaitable[T]) -> T:
+        limit = self._settings.request_timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                return await call
+        except TimeoutError as exc:
+            raise S3Unavailable(f"S3 is unavailable {what}: no answer in {limit:g} s") from exc
+
     async def put(
         self, bucket: str, key: str, data: bytes, content_type: str | None = None
     ) -> None:
@@ -170,10 +175,10 @@ class S3Store:
         uri = f"s3://{bucket}/{key}"
         _check_key(key, uri)
         extra: dict[str, Any] = {"ContentType": content_type} if content_type else {}
+        what = f"writing {uri}"
+        request = self.client.put_object(Bucket=bucket, Key=key, Body=data, **extra)
         async with self._slots:
-            await self._call(
-                f"writing {uri}", self.client.put_object(Bucket=bucket, Key=key, Body=data, **extra)
-            )
+            await self._deadline(what, self._call(what, request))
 
     async def ensure_bucket(self, bucket: str) -> None:
         """Create ``bucket`` unless it exists; safe to call concurrently and repeatedly."""
@@ -192,7 +197,7 @@ class S3Store:
             await self._call(what, self.client.create_bucket(Bucket=bucket, **extra))
         except ItemError as exc:
             # Lost a race with another creator: the bucket is there, which is the goal.
-            if _error_code(exc.__cause__) != "BucketAlreadyOwnedByYou":
+            if error_code(exc.__cause__) != "BucketAlreadyOwnedByYou":
                 raise
 
     def _config(self) -> AioConfig:
@@ -231,7 +236,7 @@ class S3Store:
         # encoded=True: re-quoting the query would break the signature.
         async with self._http.get(yarl.URL(url, encoded=True)) as response:
             if response.status != 200:
-                raise await _error_response(response)
+                raise await error_response(response)
             # Leaving the context on an unfinished body drops the connection instead of
             # draining it, so refusing a huge object costs no download.
             return await _read_capped(response, uri, self._settings.max_object_bytes)
@@ -241,7 +246,7 @@ class S3Store:
         try:
             return await request
         except ClientError as exc:
-            raise _from_client_error(exc, what) from exc
+            raise from_client_error(exc, what) from exc
         except ParamValidationError:
             raise
         except _TRANSPORT_ERRORS as exc:
@@ -266,20 +271,6 @@ async def _read_capped(response: aiohttp.ClientResponse, uri: str, limit: int) -
     return bytes(data)
 
 
-async def _error_response(response: aiohttp.ClientResponse) -> ClientError:
-    """S3's XML error answer as the ``ClientError`` botocore would have raised."""
-    body = await response.content.read(_ERROR_BODY_BYTES)
-    error = {"Code": _xml_field(body, "Code"), "Message": _xml_field(body, "Message")}
-    # Typed as the stubs' full response dict, of which a parsed error has only these.
-    parsed: Any = {"Error": error, "ResponseMetadata": {"HTTPStatusCode": response.status}}
-    return ClientError(parsed, "GetObject")
-
-
-def _xml_field(body: bytes, name: str) -> str:
-    match = re.search(b"<" + name.encode() + b">([^<]{0,1024})</", body)
-    return match.group(1).decode(errors="replace") if match else ""
-
-
 def _check_key(key: str, uri: str) -> None:
     # Some servers and proxies normalise the request path, so "images/../secret/x" could
     # be served from another bucket, round the allow-list. A bad key is the producer's
@@ -291,26 +282,3 @@ def _check_key(key: str, uri: str) -> None:
         )
     if len(key.encode()) > _MAX_KEY_BYTES:
         raise ItemError(ErrorCode.INVALID_EVENT, f"{uri[:80]}...: the key is over 1024 bytes")
-
-
-def _error_code(exc: BaseException | None) -> str:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def _from_client_error(exc: ClientError, what: str) -> Exception:
-    """S3's answer as an ``ItemError`` (this object) or ``S3Unavailable`` (S3 as a whole)."""
-    code = _error_code(exc)
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-    message = exc.response.get("Error", {}).get("Message", "") or code or str(status)
-    if code in _NOT_FOUND_CODES or status == 404:
-        noun = "bucket" if code == "NoSuchBucket" else "object"
-        return ItemError(ErrorCode.OBJECT_NOT_FOUND, f"{what}: no such {noun} ({message})")
-    if code in _TRANSIENT_CODES or status >= 500 or status in (408, 429):
-        return S3Unavailable(f"S3 is unavailable {what}: {code or status} {message}")
-    if code in _DENIED_CODES or status == 403:
-        # Nearly always credentials or a bucket policy, which fails every item alike; a
-        # per-item error here would turn a misconfiguration into a flood of bad results.
-        return S3Unavailable(f"S3 denied access {what}: {code} {message} (check credentials)")
-    return ItemError(ErrorCode.OBJECT_NOT_FOUND, f"{what}: S3 refused with {code}: {message}")

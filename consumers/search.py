@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from faststream.kafka import KafkaBroker
 
 from consumers.delivery import BatchHandler, Delivered
+from consumers.fit import publish_result
 from consumers.metrics import observe_results
 from consumers.records import BadEvent, Record, parse_event
 from consumers.results import Stopwatch, error_result, ok_result, since
@@ -35,7 +36,7 @@ from consumers.settings import Settings
 from consumers.store import VectorStore
 from consumers.subscribe import batch_subscriber
 from consumers.tasks.base import ImageTask, strip_tenant, vector_id
-from schemas.events import Neighbor, TaskResult, TextQuery, dump
+from schemas.events import Neighbor, TaskResult, TextQuery
 from schemas.topics import Topics
 
 TASK = "search"
@@ -86,15 +87,7 @@ class TextSearch:
         return self._bound[0].model_name if self._bound else None
 
     async def _publish(self, task: str, delivered: list[Delivered]) -> None:
-        headers = {"content-type": "application/json"}
-        await asyncio.gather(
-            *(
-                self.results.publish(
-                    dump(d.result), key=d.result.image_id.encode(), headers=headers
-                )
-                for d in delivered
-            )
-        )
+        await asyncio.gather(*(publish_result(self.results, d.result) for d in delivered))
 
     async def process(self, records: Sequence[Record]) -> list[tuple[int, TaskResult]]:
         if self._bound is None:

@@ -20,6 +20,7 @@ from faststream.kafka import KafkaBroker
 from consumers.delivery import BatchHandler, Delivered, Handled, Indexed
 from consumers.dlq import dead_letter
 from consumers.encoders import encoder_class
+from consumers.fit import publish_result
 from consumers.kafka import make_broker
 from consumers.metrics import MODEL_LOAD_S, observe_results, record_dlq
 from consumers.pipeline import ImagePipeline, Pools, Prepared
@@ -32,7 +33,7 @@ from consumers.settings import Settings
 from consumers.store import VectorStore
 from consumers.subscribe import batch_subscriber
 from consumers.tasks import task_class
-from schemas.events import ImageSubmitted, TaskResult, dump
+from schemas.events import ImageSubmitted, TaskResult
 from schemas.topics import Topics
 
 log = logging.getLogger("imagestream.consumer")
@@ -190,11 +191,7 @@ class ConsumerService:
 
     async def _publish(self, task: str, delivered: list[Delivered]) -> None:
         """Every result, and a DLQ record for bad input; returns once Kafka acked all."""
-        headers = {"content-type": "application/json"}
-        sends = [
-            self.results.publish(dump(d.result), key=d.result.image_id.encode(), headers=headers)
-            for d in delivered
-        ]
+        sends = [publish_result(self.results, d.result) for d in delivered]
         letters = [letter for d in delivered if (letter := dead_letter(d)) is not None]
         if self.settings.delivery.dlq:
             sends += [self.dlq.publish(x.value, key=x.key, headers=x.headers) for x in letters]

@@ -81,6 +81,12 @@ class S3Settings(BaseModel):
     max_concurrency: int = Field(default=16, ge=1)
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
+    request_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="The most one read may take, its wait for a connection slot, retries "
+        "and body included; then S3 counts as unavailable (the batch is retried).",
+    )
 
 
 class MilvusSettings(BaseModel):
@@ -90,6 +96,9 @@ class MilvusSettings(BaseModel):
     )
     token: SecretStr | None = None
     index_type: str = Field(default="AUTOINDEX", description="HNSW/IVF_FLAT/... on a server.")
+    timeout_s: float = Field(
+        default=10.0, gt=0, description="Each Milvus call's deadline; then it is unavailable."
+    )
 
 
 class DecodeSettings(BaseModel):
@@ -261,14 +270,28 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _retries_fit_the_poll_interval(self) -> Settings:
         # A batch that outlives max_poll_interval_ms gets its consumer thrown out of the
-        # group: retries, the replay pause and a slow batch must all fit well inside it.
-        budget, limit = self.delivery.retry_budget_s(), self.kafka.max_poll_interval_ms / 1000
-        if budget > limit / 2:
+        # group, and the batch replays elsewhere, for ever: its worst case must fit.
+        worst, limit = self.worst_batch_s(), self.kafka.max_poll_interval_ms / 1000
+        if worst > limit:
+            attempts = len(self.delivery.retry_delays_s) + 1
             raise ValueError(
-                f"delivery retries and replay pause take {budget:.0f} s, more than half of "
+                f"a batch may take {worst:.0f} s during an outage ({attempts} attempts x "
+                f"(s3.request_timeout_s {self.s3.request_timeout_s:g} + milvus.timeout_s "
+                f"{self.milvus.timeout_s:g}) + retry delays and replay pause "
+                f"{self.delivery.retry_budget_s():g}), more than "
                 f"kafka.max_poll_interval_ms ({limit:.0f} s): shorten them or raise the interval"
             )
         return self
+
+    def worst_batch_s(self) -> float:
+        """How long one batch may keep its consumer from polling while S3 or Milvus is
+        down: each attempt waits at most one S3 read deadline (reads run concurrently,
+        each bounded from its start) and one Milvus call deadline (the first call that
+        times out ends the attempt), then the retry delays and the replay pause. The
+        model's own time comes on top: it is not an outage, and is seconds per batch."""
+        attempts = len(self.delivery.retry_delays_s) + 1
+        per_attempt = self.s3.request_timeout_s + self.milvus.timeout_s
+        return attempts * per_attempt + self.delivery.retry_budget_s()
 
     def task(self, name: str) -> TaskSettings:
         section = getattr(self, name, None)

@@ -17,13 +17,19 @@ import numpy.typing as npt
 from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.exceptions import ConnectionConfigException
 
-from consumers.milvus_errors import StoreSchemaError, StoreUnavailable, translate_errors
+from consumers.milvus_errors import (
+    StoreRejected,
+    StoreSchemaError,
+    StoreUnavailable,
+    is_transient,
+    translate_errors,
+)
 from consumers.milvus_expr import filter_expr, others_expr
 from consumers.settings import MilvusSettings
 
 __all__ = [
-    "StoreSchemaError", "StoreUnavailable", "VectorRow", "VectorStore", "stored_dim",
-    "upsert_misfiles",
+    "StoreRejected", "StoreSchemaError", "StoreUnavailable", "VectorRow", "VectorStore",
+    "stored_dim", "upsert_misfiles",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -76,7 +82,7 @@ class VectorStore:
         collection: str,
         dim: int,
         *,
-        timeout_s: float = 30.0,
+        timeout_s: float | None = None,
         flush_every_rows: int | None = None,
     ) -> None:
         if dim <= 0:
@@ -84,7 +90,9 @@ class VectorStore:
         self.settings = settings
         self.collection = collection
         self.dim = dim
-        self.timeout_s = timeout_s
+        # Every call's deadline, so that a Milvus that accepts and never answers costs a
+        # batch attempt this long (the settings check counts it against max_poll_interval).
+        self.timeout_s = settings.timeout_s if timeout_s is None else timeout_s
         self.is_lite = not settings.uri.startswith(SERVER_PREFIXES)
         default_flush = LITE_FLUSH_EVERY_ROWS if self.is_lite else 0  # a server flushes itself
         self.flush_every_rows = default_flush if flush_every_rows is None else flush_every_rows
@@ -302,9 +310,14 @@ class VectorStore:
     def _call(self, method: str, **kwargs: Any) -> Any:
         if self._client is None:
             raise RuntimeError("VectorStore is not open: call open() or use it as a context")
+        call = getattr(self._client, method)
         with translate_errors():
-            call = getattr(self._client, method)
-            return call(self.collection, timeout=self.timeout_s, **kwargs)
+            try:
+                return call(self.collection, timeout=self.timeout_s, **kwargs)
+            except MilvusException as exc:
+                if is_transient(exc):
+                    raise  # translate_errors makes it StoreUnavailable
+                raise StoreRejected(f"Milvus refused {method}: {exc}") from exc
 
 
 def stored_dim(settings: MilvusSettings, collection: str) -> int | None:

@@ -9,6 +9,7 @@ of consumers; a missing required field is an ``invalid_event`` error result.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -20,6 +21,8 @@ SCHEMA_VERSION: Final = 1
 MAX_METADATA_ITEMS = 32
 MAX_METADATA_VALUE_CHARS = 1024
 MAX_ID_CHARS = 512
+# Milvus stores the metadata in a JSON field of at most 64 KiB; the tasks add a little.
+MAX_METADATA_BYTES = 48 * 1024
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>.+)$")
@@ -40,9 +43,10 @@ class Reply(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    callback_url: str
-    legacy_id: str
-    model_name: str | None = None
+    # Bounded: a result echoes its event's reply, and a result must fit in a Kafka record.
+    callback_url: str = Field(max_length=4096)
+    legacy_id: str = Field(max_length=MAX_ID_CHARS)
+    model_name: str | None = Field(default=None, max_length=256)
 
 
 class ImageSubmitted(_Event):
@@ -79,6 +83,9 @@ class ImageSubmitted(_Event):
         for key, item in value.items():
             if len(key) > 64 or len(item) > MAX_METADATA_VALUE_CHARS:
                 raise ValueError(f"metadata entry {key[:64]!r} is too long")
+        size = len(json.dumps(value, ensure_ascii=False).encode())
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is {size:,} bytes as JSON, over {MAX_METADATA_BYTES:,}")
         return value
 
     @field_validator("collection")
@@ -247,7 +254,10 @@ class CallbackFailed(_Event):
 
 def result_id(source_event_id: str, task: str) -> str:
     """A redelivered event yields the same id, so readers can dedupe."""
-    digest = hashlib.sha256(f"{source_event_id}\x1f{task}".encode()).hexdigest()
+    # surrogatepass: an id salvaged from an unreadable event must still hash (and the
+    # same way on every redelivery).
+    text = f"{source_event_id}\x1f{task}"
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return digest[:32]
 
 

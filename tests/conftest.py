@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import logging
+import os
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from pydantic import SecretStr
 
 from consumers.servers import Broker
 from consumers.settings import S3Settings
 
 pytest_plugins = ["pytester", "tests.leaks"]
+
+# Property tests (tests/test_boundary_properties.py): a bounded run in `make test`, a
+# long one in `make fuzz` (HYPOTHESIS_PROFILE=fuzz). No deadline: CI machines are slow
+# and shared, and a slow example is not a wrong one.
+settings.register_profile("ci", max_examples=100, deadline=None, print_blob=True)
+settings.register_profile("fuzz", max_examples=20_000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # ---------------------------------------------------------------------------------------
 # S3: a moto server on 127.0.0.1

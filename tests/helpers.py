@@ -43,11 +43,24 @@ async def upload(settings: Settings, objects: dict[str, bytes], bucket: str | No
             await s3.put(bucket or settings.s3.bucket, key, data)
 
 
-async def produce(settings: Settings, messages: Sequence[tuple[bytes, bytes]]) -> None:
+async def produce(settings: Settings, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
     """Publish raw (key, value) pairs to the images topic in one burst."""
+    topic = Topics(settings.kafka.topic_prefix).images
+    await produce_records(settings, [(topic, key, value, []) for key, value in messages])
+
+
+Headers = list[tuple[str, bytes]]
+
+
+async def produce_records(
+    settings: Settings, records: Sequence[tuple[str, bytes | None, bytes, Headers]]
+) -> None:
+    """Publish raw (topic, key, value, headers) records in one burst, in order."""
     async with started(make_producer(settings.kafka, CLI_CLIENT_ID)) as producer:
-        topic = Topics(settings.kafka.topic_prefix).images
-        futures = [await producer.send(topic, value, key=key) for key, value in messages]
+        futures = [
+            await producer.send(topic, value, key=key, headers=headers)
+            for topic, key, value, headers in records
+        ]
         await asyncio.gather(*futures)
 
 

@@ -4,6 +4,9 @@ Each case is one or more Kafka records (key, value) plus the S3 objects they poi
 ``expect`` is the documented outcome for the ``clip`` task: ``ok``, an error code, or
 ``none`` (the event is not for this task). Image ids are the case names, so results
 can be matched to cases even when an event's ids cannot be parsed (the key is used).
+Cases on ``queries`` go to the text-search consumer instead (no DLQ there). Every case
+goes through a running consumer; ``tests/boundary_corpus.py`` adds the record-boundary
+cases (issue 18).
 """
 
 from __future__ import annotations
@@ -30,6 +33,27 @@ class Case:
     records: list[tuple[bytes | None, bytes]]
     objects: dict[str, bytes] = field(default_factory=dict)
     results: int = 1  # how many results the case yields (a duplicate event yields one)
+    headers: list[tuple[str, bytes]] = field(default_factory=list)  # on each record
+    topic: str = "images"  # or "queries": the text-search consumer
+    dlq_cut: bool = False  # the DLQ record had to be cut to fit the record size limit
+
+    @property
+    def dlq_records(self) -> int:
+        return 1 if self.topic == "images" and self.expect in DLQ_EXPECTED else 0
+
+
+# The codes dead-lettered (consumers.dlq.DLQ_CODES), as the outcomes expected here name them.
+DLQ_EXPECTED = frozenset(
+    {
+        "invalid_event",
+        "unsupported_schema",
+        "bucket_not_allowed",
+        "object_not_found",
+        "image_too_large",
+        "not_an_image",
+        "internal",
+    }
+)
 
 
 def _pixels(seed: int, size: tuple[int, int] = (48, 64)) -> np.ndarray:
@@ -147,18 +171,18 @@ OBJECT_OUTCOMES = {
 }
 
 
-def _event(name: str, run: str, **fields: object) -> dict[str, object]:
+def event(name: str, run: str, **fields: object) -> dict[str, object]:
     data = objects().get(name)
     uri = f"s3://{BUCKET}/{run}/{name}.{data[1]}" if data else f"s3://{BUCKET}/{run}/{name}.jpg"
     return {"event_id": f"{run}-{name}", "image_id": name, "uri": uri, "top_k": 3, **fields}
 
 
-def _one(name: str, expect: str, value: bytes) -> Case:
+def one(name: str, expect: str, value: bytes) -> Case:
     return Case(name, expect, [(name.encode(), value)])
 
 
-def _json_case(name: str, expect: str, run: str, **fields: object) -> Case:
-    return _one(name, expect, json.dumps(_event(name, run, **fields)).encode())
+def json_case(name: str, expect: str, run: str, **fields: object) -> Case:
+    return one(name, expect, json.dumps(event(name, run, **fields)).encode())
 
 
 def build(run: str) -> list[Case]:
@@ -167,54 +191,44 @@ def build(run: str) -> list[Case]:
         Case(
             name,
             OBJECT_OUTCOMES[name],
-            [(name.encode(), json.dumps(_event(name, run)).encode())],
+            [(name.encode(), json.dumps(event(name, run)).encode())],
             {f"{run}/{name}.{ext}": data},
         )
         for name, (data, ext) in objects().items()
     ]
-    duplicate = json.dumps(_event("duplicate-event-id", run, uri=_event("good-a", run)["uri"]))
+    duplicate = json.dumps(event("duplicate-event-id", run, uri=event("good-a", run)["uri"]))
     cases += [
-        _json_case("missing-object", "object_not_found", run),
-        _json_case("missing-bucket", "object_not_found", run, uri=f"s3://{MISSING_BUCKET}/x.jpg"),
-        _json_case("disallowed-bucket", "bucket_not_allowed", run, uri="s3://secrets/x.jpg"),
-        _json_case("uri-not-s3", "invalid_event", run, uri="https://example.com/cat.jpg"),
-        _json_case("uri-file-scheme", "invalid_event", run, uri="file:///etc/passwd"),
-        _json_case("key-dot-dot", "invalid_event", run, uri=f"s3://{BUCKET}/a/../../etc/x.jpg"),
-        _json_case("wrong-types", "invalid_event", run, top_k="many", tasks="clip"),
-        _json_case("unknown-schema-version", "unsupported_schema", run, schema_version=2),
-        _json_case(
+        json_case("missing-object", "object_not_found", run),
+        json_case("missing-bucket", "object_not_found", run, uri=f"s3://{MISSING_BUCKET}/x.jpg"),
+        json_case("disallowed-bucket", "bucket_not_allowed", run, uri="s3://secrets/x.jpg"),
+        json_case("uri-not-s3", "invalid_event", run, uri="https://example.com/cat.jpg"),
+        json_case("uri-file-scheme", "invalid_event", run, uri="file:///etc/passwd"),
+        json_case("key-dot-dot", "invalid_event", run, uri=f"s3://{BUCKET}/a/../../etc/x.jpg"),
+        json_case("wrong-types", "invalid_event", run, top_k="many", tasks="clip"),
+        json_case("unknown-schema-version", "unsupported_schema", run, schema_version=2),
+        json_case(
             "metadata-too-many", "invalid_event", run, metadata={str(i): "v" for i in range(64)}
         ),
-        _json_case("metadata-value-too-long", "invalid_event", run, metadata={"note": "x" * 5000}),
-        _json_case("metadata-not-strings", "invalid_event", run, metadata={"n": {"deep": [1]}}),
-        _json_case("event-id-too-long", "invalid_event", run, event_id="e" * 600),
-        _json_case("tenant-control-char", "invalid_event", run, collection="acme\x00\x1b[2J"),
-        _json_case("top-k-zero", "ok", run, uri=_event("good-b", run)["uri"], top_k=0),
-        _json_case("other-task-only", "none", run, tasks=["face"]),
-        _one("invalid-json", "invalid_event", b'{"event_id": "x", "image_id": '),
-        _one("json-wrong-shape", "invalid_event", b'["event_id", "image_id", "uri"]'),
-        _one("json-null", "invalid_event", b"null"),
-        _one(
+        json_case("metadata-value-too-long", "invalid_event", run, metadata={"note": "x" * 5000}),
+        json_case("metadata-not-strings", "invalid_event", run, metadata={"n": {"deep": [1]}}),
+        json_case("event-id-too-long", "invalid_event", run, event_id="e" * 600),
+        json_case("tenant-control-char", "invalid_event", run, collection="acme\x00\x1b[2J"),
+        json_case("top-k-zero", "ok", run, uri=event("good-b", run)["uri"], top_k=0),
+        json_case("other-task-only", "none", run, tasks=["face"]),
+        one("invalid-json", "invalid_event", b'{"event_id": "x", "image_id": '),
+        one("json-wrong-shape", "invalid_event", b'["event_id", "image_id", "uri"]'),
+        one("json-null", "invalid_event", b"null"),
+        one(
             "missing-uri",
             "invalid_event",
             json.dumps({"event_id": f"{run}-m", "image_id": "missing-uri"}).encode(),
         ),
-        _one("non-utf8-bytes", "invalid_event", b"\xff\xfe\xfa{\x00\x81"),
-        _one("empty-value", "invalid_event", b""),
-        _one("deeply-nested-json", "invalid_event", b"[" * 200_000 + b"]" * 200_000),
+        one("non-utf8-bytes", "invalid_event", b"\xff\xfe\xfa{\x00\x81"),
+        one("empty-value", "invalid_event", b""),
+        one("deeply-nested-json", "invalid_event", b"[" * 200_000 + b"]" * 200_000),
         Case("duplicate-event-id", "ok", [(b"duplicate-event-id", duplicate.encode())] * 2),
     ]
     for case in cases:
         if case.expect == "none":
             case.results = 0
     return cases
-
-
-def text_query_cases() -> dict[str, dict[str, object]]:
-    """TextQuery documents the schema must refuse (no text-query consumer exists yet)."""
-    base = {"event_id": "q1", "query_id": "q1"}
-    return {
-        "empty-text-query": {**base, "text": ""},
-        "blank-text-query": {**base, "text": " \n\t "},
-        "over-long-text-query": {**base, "text": "cat " * 2000},
-    }

@@ -44,6 +44,7 @@ async def stack_settings(
     defaults: dict[str, Any] = {
         "metrics": MetricsSettings(port=0),
         "clip": ClipSettings(model="random:tiny", device="cpu", max_records=16),
+        "milvus": MilvusSettings(uri=str(milvus_dir / "milvus.db")),
     }
     return Settings(
         _env_file=None,
@@ -56,7 +57,6 @@ async def stack_settings(
             **(kafka or {}),
         ),
         s3=s3,
-        milvus=MilvusSettings(uri=str(milvus_dir / "milvus.db")),
         model_cache_dir=model_cache,
         **(defaults | sections),
     )
@@ -68,11 +68,12 @@ async def clip_only_settings(
     """random:tiny CLIP on the CPU, every other task disabled, topics under a new prefix."""
     settings = await stack_settings(
         bootstrap_servers,
-        s3,
+        s3.model_copy(update={"request_timeout_s": 5.0}),
         folder,
         folder.parent / "models",
-        kafka={"max_poll_interval_ms": 60_000},
-        **sections,
+        kafka={"max_poll_interval_ms": 90_000},
+        # Deadlines that keep a batch's worst case inside the 90 s poll interval.
+        **({"milvus": MilvusSettings(uri=str(folder / "milvus.db"), timeout_s=5.0)} | sections),
     )
     others = {
         name: settings.task(name).model_copy(update={"enabled": False})

@@ -203,7 +203,8 @@ def test_client_before_start_is_a_clear_error(s3_server: S3Settings) -> None:
         _ = S3Store(s3_server).client
 
 
-# --- S3 unavailable: nothing listening, a server that never answers, 5xx, 403 ------------
+# --- S3 unavailable (nothing listening, no answer, 5xx, refused credentials), or this
+# object's error (an object-level 403) ------------------------------------------------
 
 
 def fast_failing(settings: S3Settings, endpoint: str) -> S3Settings:
@@ -260,8 +261,10 @@ class FakeS3:
         self.requests += 1
         key = request.match_info["key"]
         if key.startswith("status-"):
-            status = int(key.removeprefix("status-"))
-            code = {403: "AccessDenied", 503: "SlowDown"}[status]
+            # status-403, status-503, or status-403-<S3 error code>
+            status_text, _, code = key.removeprefix("status-").partition("-")
+            status = int(status_text)
+            code = code or {403: "AccessDenied", 503: "SlowDown"}[status]
             body = f"<Error><Code>{code}</Code><Message>nope</Message></Error>"
             return web.Response(status=status, text=body, content_type="application/xml")
         if key == "dropped":
@@ -330,10 +333,46 @@ async def test_5xx_is_s3_unavailable_after_client_retries(
     assert fake.requests == 2
 
 
-async def test_access_denied_is_s3_unavailable_not_an_item_error(
-    s3_server: S3Settings, fake_s3: tuple[FakeS3, str]
+@pytest.mark.parametrize(
+    "key",
+    [
+        "status-403",  # a denied key or prefix; also a missing key without s3:ListBucket
+        "status-403-InvalidObjectState",  # archived (Glacier)
+        "status-403-KMS.DisabledException",
+        "status-400-KMS.KMSInvalidStateException",
+    ],
+)
+async def test_object_level_denial_is_an_item_error_not_an_outage(
+    s3_server: S3Settings, fake_s3: tuple[FakeS3, str], key: str
+) -> None:
+    fake, endpoint = fake_s3
+    async with S3Store(fast_failing(s3_server, endpoint), max_attempts=3) as s3:
+        with pytest.raises(ItemError) as caught:
+            await s3.get(BUCKET, key)
+    assert caught.value.code is ErrorCode.OBJECT_NOT_FOUND
+    assert f"s3://{BUCKET}/{key}" in caught.value.message
+    assert fake.requests == 1, "an item error is not retried"
+
+
+@pytest.mark.parametrize("code", ["InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"])
+async def test_refused_credentials_are_s3_unavailable(
+    s3_server: S3Settings, fake_s3: tuple[FakeS3, str], code: str
 ) -> None:
     _, endpoint = fake_s3
     async with S3Store(fast_failing(s3_server, endpoint), max_attempts=1) as s3:
-        with pytest.raises(S3Unavailable, match="credentials"):
-            await s3.get(BUCKET, "status-403")
+        with pytest.raises(S3Unavailable, match=f"credentials.*{code}"):
+            await s3.get(BUCKET, f"status-403-{code}")
+
+
+async def test_one_read_ends_within_its_deadline_whatever_the_socket_timeouts(
+    s3_server: S3Settings, silent_endpoint: str
+) -> None:
+    # Socket timeouts of 10 s and three attempts would take 30 s against a silent S3.
+    settings = s3_server.model_copy(
+        update={"endpoint_url": silent_endpoint, "read_timeout_s": 10.0, "request_timeout_s": 0.5}
+    )
+    started = time.monotonic()
+    async with S3Store(settings, max_attempts=3) as s3:
+        with pytest.raises(S3Unavailable, match=r"no answer in 0\.5 s"):
+            await s3.get(BUCKET, "a.jpg")
+    assert time.monotonic() - started < 3
