@@ -169,6 +169,7 @@ class BatchDelivery:
             ItemError(ErrorCode.INTERNAL, message[:1000]),
             model=self.model(),
             watch=Stopwatch(),
+            collection=getattr(event, "collection", None),  # a BadEvent has none
         )
 
 

@@ -14,13 +14,22 @@ parts first, so a key decodes to exactly one (tenant, id) pair:
   segment is ``shared`` (no tenant) or ``t-`` + the percent-encoded tenant, and every
   part is percent-encoded (``/`` included): the segment names the tenant, and
   ``staged_tenant`` reads it back to check that an event reads only its own uploads.
+- ``StagingAreas.check`` refuses an event another tenant's staged object.
 - Result lookups use the tuple ``(tenant, image id)`` as the key (gateway/cache.py).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
+
+from consumers.errors import ItemError
+from schemas.events import ErrorCode
+
+if TYPE_CHECKING:
+    from consumers.settings import Settings
 
 _ESCAPES = {"%": "%25", "/": "%2F"}
 _ESCAPED = re.compile("[%/]")
@@ -78,3 +87,38 @@ def staged_tenant(prefix: str, key: str) -> tuple[str, str] | None:
     if segment.startswith(TENANT_MARK) and len(segment) > len(TENANT_MARK):
         return unquote(segment[len(TENANT_MARK) :], errors="surrogatepass"), rest
     raise ValueError(f"{key[:200]!r} has no tenant segment")
+
+
+@dataclass(frozen=True)
+class StagingAreas:
+    """Where the gateway and the legacy adapter stage uploads: objects there are read only
+    by events of the tenant whose segment they are under (an event naming another
+    tenant's upload would get it captioned, labelled or embedded for itself)."""
+
+    bucket: str
+    prefixes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, settings: Settings) -> StagingAreas:
+        prefixes = (settings.gateway.staging_prefix, settings.legacy.staging_prefix)
+        return cls(settings.s3.bucket, tuple(p for p in prefixes if p))
+
+    def check(self, bucket: str, key: str, tenant: str | None) -> None:
+        """``ItemError`` unless ``tenant`` may read the object; ``None``: an encoder call
+        (RPC), which carries no tenant and may read only the gateway's RPC staging."""
+        if bucket != self.bucket:
+            return
+        for prefix in self.prefixes:
+            if not key.startswith(f"{prefix}/"):
+                continue
+            try:
+                owner, rest = staged_tenant(prefix, key) or ("", "")
+            except ValueError:  # under the prefix but in no tenant's segment: nobody's
+                break
+            if owner == tenant or (tenant is None and rest.startswith("rpc/")):
+                return
+            break
+        else:
+            return  # not staged: the bucket allow-list alone decides
+        uri = f"s3://{bucket}/{key[:200]}"
+        raise ItemError(ErrorCode.BUCKET_NOT_ALLOWED, f"{uri} is not staged for this tenant")

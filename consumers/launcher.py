@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from consumers.api_keys import dev_key
 from consumers.gateway.server import running_gateway
 from consumers.legacy.adapter import legacy_adapter
 from consumers.metrics import metrics_server
@@ -107,6 +108,8 @@ async def up(settings: Settings, tasks: Sequence[str] | None, runtime_dir: Path)
     async with embedded_stack(settings, runtime_dir) as live:
         env = {k: v for k, v in os.environ.items() if k.startswith("IMAGESTREAM_")}
         _write_stack_env(env)
+        key, auth = dev_key(live.gateway.auth)  # in memory: gone when the stack stops
+        live.gateway.auth = auth
         try:
             async with (
                 running_consumers(live, tasks) as service,
@@ -120,6 +123,7 @@ async def up(settings: Settings, tasks: Sequence[str] | None, runtime_dir: Path)
                 print(f"topics     {topics.images} -> {topics.results}")
                 print(f"gateway    {gateway.url}  (OpenAPI {gateway.url}/docs)")
                 print(f"demo page  {gateway.url}/demo")
+                print(f"dev key    {key}  (tenant dev; the demo page asks for it)")
                 if live.legacy.polling_url:
                     print(f"legacy     polling {live.legacy.polling_url}")
                 print(f"env        {STACK_ENV} (read by imagestream ingest)")

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from consumers.api_keys import AuthSettings
 from consumers.task_settings import (
     RUNTIME_DIR,
     WEARABLE,
@@ -186,6 +187,7 @@ class GatewaySettings(BaseModel):
         default=3600.0, ge=0, description="At start, read results this far back."
     )
     staging_prefix: str = Field(default="gateway", description="Key prefix of uploads.")
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
 
 class MetricsSettings(BaseModel):

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consumers.keys import id_of, staged_key, staged_tenant, vector_id
+from consumers.errors import ItemError
+from consumers.keys import StagingAreas, id_of, staged_key, staged_tenant, vector_id
 from consumers.results import Stopwatch
 from consumers.settings import MilvusSettings
 from consumers.store import VectorStore
@@ -82,3 +83,22 @@ def test_rows_of_every_tenant_and_id_stay_apart_in_milvus(tmp_path: Path) -> Non
             hits = store.search(vectors[:1], top_k=len(pairs), tenant=tenant)[0]
             found = sorted(id_of(key, tenant) for key, _ in hits)
             assert found == sorted(i for t, i in pairs if t == tenant)
+
+
+def test_staging_areas_let_an_event_read_only_its_own_tenants_uploads() -> None:
+    areas = StagingAreas("images", ("gateway", "legacy"))
+    north = staged_key("gateway", "north", "images", "x")
+    areas.check("images", north, "north")
+    areas.check("images", staged_key("legacy", "", "clip", "7"), "")
+    areas.check("images", "photos/x.jpg", "north")  # not staged: the bucket list decides
+    areas.check("other", north, "south")  # another bucket holds no staging
+    areas.check("images", staged_key("gateway", "south", "rpc", "f00", "0"), None)  # RPC
+    refused = [
+        (north, "south"), (north, ""), (north, None), (north, "north/x"),
+        (staged_key("gateway", "", "images", "x"), "north"),
+        ("gateway/images/x", ""), ("gateway/images/x", "north"),  # the old layout: nobody's
+        ("gateway/t-north%2Fimages/x", "north"),
+    ]  # fmt: skip
+    for key, tenant in refused:
+        with pytest.raises(ItemError, match="not staged for this tenant"):
+            areas.check("images", key, tenant)

@@ -7,7 +7,7 @@
   so a presigned URL's query string is dropped.
 - Any other URL: downloaded only from ``legacy.allowed_hosts``, through the SSRF guard,
   size-capped at ``s3.max_object_bytes``, and staged into ``s3.bucket`` under
-  ``{legacy.staging_prefix}/{model}/{job id}``.
+  ``{legacy.staging_prefix}/shared/{model}/{job id}``.
 
 Failures that retrying cannot fix are ``ItemError`` (the adapter publishes an error
 result, so the legacy backend hears back); a source that is down is ``SourceUnavailable``.
@@ -16,12 +16,13 @@ result, so the legacy backend hears back); a source that is down is ``SourceUnav
 from __future__ import annotations
 
 import re
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import aiohttp
 from yarl import URL
 
 from consumers.errors import ItemError
+from consumers.keys import staged_key
 from consumers.legacy.ssrf import AddressGuard, Refused, check_url, get_following_redirects
 from consumers.s3 import S3Store
 from consumers.settings import LegacySettings, S3Settings
@@ -109,7 +110,8 @@ class SourceResolver:
                 f"s3_path host {url.host!r} is neither the S3 endpoint nor in legacy.allowed_hosts",
             )
         data, content_type = await self._download(str(url))
-        key = f"{self.legacy.staging_prefix}/{model}/{quote(job_id, safe='')}"
+        # Legacy jobs carry no tenant: staged in the shared segment (consumers/keys.py).
+        key = staged_key(self.legacy.staging_prefix, "", model, job_id)
         await self.s3.put(self.s3_settings.bucket, key, data, content_type=content_type)
         return f"s3://{self.s3_settings.bucket}/{key}"
 
