@@ -152,9 +152,16 @@ class LegacySettings(BaseModel):
         default_factory=list,
         description="Hosts s3_path URLs other than S3's may be downloaded from (or *.domain).",
     )
-    allowed_networks: list[str] = Field(
+    download_networks: list[str] = Field(
         default_factory=list,
-        description="CIDRs reachable although private or loopback (downloads and callbacks).",
+        description="CIDRs s3_path downloads may reach although private or loopback.",
+    )
+    callback_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs callbacks may reach although private or loopback.",
+    )
+    allowed_networks: list[str] = Field(
+        default_factory=list, description="Deprecated: callbacks only, as callback_networks."
     )
     staging_prefix: str = Field(default="legacy", description="Key prefix of staged downloads.")
     group_id: str | None = Field(
