@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.security import APIKeyHeader, HTTPBearer
 from prometheus_client import Counter
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
@@ -165,10 +166,20 @@ class _Refused(Exception):
             self.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
 
 
-def require(scope: KeyScope) -> Callable[[Request], Principal]:
+# For the OpenAPI document only (/docs' "Authorize"): the middleware has checked the key.
+_BEARER = HTTPBearer(auto_error=False, description="An API key: `imagestream keys create`.")
+_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="The same key.")
+Documented = Callable[..., Principal]
+
+
+def require(scope: KeyScope) -> Documented:
     """A route dependency: the caller's principal, or 403 without ``scope``."""
 
-    def principal(request: Request) -> Principal:
+    def principal(
+        request: Request,
+        _bearer: Annotated[object, Security(_BEARER)] = None,
+        _header: Annotated[object, Security(_HEADER)] = None,
+    ) -> Principal:
         found = getattr(request.state, "principal", None)
         if not isinstance(found, Principal):  # a public path reaching a keyed route: a bug
             raise ApiError(ApiErrorCode.UNAUTHORIZED, "send an API key")
