@@ -19,6 +19,7 @@ from consumers.gateway.server import running_gateway
 from consumers.legacy.adapter import legacy_adapter
 from consumers.metrics import metrics_server
 from consumers.monitor import monitoring
+from consumers.redact import redact_url
 from consumers.service import ConsumerService
 from consumers.settings import STACK_ENV, Settings
 from consumers.signals import stop_event
@@ -125,7 +126,7 @@ async def up(settings: Settings, tasks: Sequence[str] | None, runtime_dir: Path)
                 print(f"demo page  {gateway.url}/demo")
                 print(f"dev key    {key}  (tenant dev; the demo page asks for it)")
                 if live.legacy.polling_url:
-                    print(f"legacy     polling {live.legacy.polling_url}")
+                    print(f"legacy     polling {redact_url(live.legacy.polling_url)}")
                 print(f"env        {STACK_ENV} (read by imagestream ingest)")
                 print("ready: press Ctrl-C to stop", flush=True)
                 await stop.wait()

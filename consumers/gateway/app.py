@@ -59,7 +59,7 @@ async def embeddings(request: Request, gateway: Api, key: IngestKey) -> Embeddin
     parts = await read_parts(request, gateway.limits)
     if not parts.images and not parts.texts:
         raise ApiError(ApiErrorCode.INVALID_REQUEST, "send at least one image or text")
-    reply = await gateway.encode(parts, key.tenant(None), kind="embed")
+    reply = await gateway.encode(parts, tenant=key.tenant(None), kind="embed")
     return EmbeddingsResponse(
         request_id=request_id(request),
         model=reply.model or "",
@@ -87,7 +87,9 @@ async def labels(
     parts = await read_parts(request, gateway.limits)
     if len(parts.images) != 1 or parts.texts:
         raise ApiError(ApiErrorCode.INVALID_REQUEST, "send exactly one image and no text")
-    reply = await gateway.encode(parts, key.tenant(None), kind="labels", label_set=name, top_k=k)
+    reply = await gateway.encode(
+        parts, tenant=key.tenant(None), kind="labels", label_set=name, top_k=k
+    )
     found = next(iter(reply.labels.values()), [])
     return LabelsResponse(
         request_id=request_id(request),

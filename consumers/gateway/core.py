@@ -44,7 +44,7 @@ class Gateway:
             )
         return name, k
 
-    async def encode(self, parts: Parts, tenant: str, **request: object) -> RpcReply:
+    async def encode(self, parts: Parts, *, tenant: str = "", **request: object) -> RpcReply:
         """Stage the images (under ``tenant``'s prefix), ask a CLIP consumer, clean up;
         errors become ``ApiError``."""
         timeout = self.limits.request_timeout_s
