@@ -21,6 +21,7 @@ from yarl import URL
 from consumers.api_keys import ApiKeyRecord, AuthSettings, Scope, append_key, digest, new_key
 from consumers.cli import main
 from consumers.errors import ConfigError
+from consumers.gateway.auth import RateLimiter
 from consumers.gateway.server import running_gateway
 from consumers.launcher import running_consumers
 from consumers.servers import Broker
@@ -284,3 +285,16 @@ def test_keys_create_prints_the_key_once_and_stores_only_its_hash(
     assert digest(key) in stored
     assert path.stat().st_mode & 0o077 == 0  # its owner's only
     assert main(["keys", "create", "--scope", "search", "--file", str(path)]) == 2  # no tenant
+
+
+def test_the_rate_limiter_refills_at_the_keys_rate() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rate_per_s=2.0, burst=3, clock=lambda: now[0])
+    assert [limiter.wait_s("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.wait_s("a") == pytest.approx(0.5)  # one token every 0.5 s
+    assert limiter.wait_s("b") == 0.0  # every key has its own bucket
+    now[0] = 0.5
+    assert limiter.wait_s("a") == 0.0
+    assert limiter.wait_s("a", rate_per_s=0.25) == pytest.approx(4.0)  # the key's own rate
+    now[0] = 100.0
+    assert [limiter.wait_s("a") for _ in range(4)][-1] > 0  # refills up to the burst only
