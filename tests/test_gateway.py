@@ -305,6 +305,10 @@ async def test_unknown_results_are_a_typed_404(
         assert response.status == 404
     assert body["error"]["code"] == "not_found"
     assert "never-submitted" in body["error"]["message"]
+    # auth.open lets a request without a key in, but a key that is sent is still checked.
+    wrong = {"Authorization": "Bearer isk_not_a_key"}
+    async with http.get(f"{url}/v1/results/never-submitted", headers=wrong) as response:
+        assert response.status == 401
 
 
 async def test_without_a_clip_consumer_the_gateway_answers_504(
