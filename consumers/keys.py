@@ -14,6 +14,8 @@ parts first, so a key decodes to exactly one (tenant, id) pair:
   segment is ``shared`` (no tenant) or ``t-`` + the percent-encoded tenant, and every
   part is percent-encoded (``/`` included): the segment names the tenant, and
   ``staged_tenant`` reads it back to check that an event reads only its own uploads.
+- Encoder calls (RPC) stage under ``{prefix}/rpc/`` (``rpc_key``): random names, deleted
+  after the answer, readable by encoder calls only.
 - ``StagingAreas.check`` refuses an event another tenant's staged object.
 - Result lookups use the tuple ``(tenant, image id)`` as the key (gateway/cache.py).
 """
@@ -36,6 +38,7 @@ _ESCAPED = re.compile("[%/]")
 _UNESCAPED = re.compile("%(25|2F)")
 _DECODE = {"25": "%", "2F": "/"}
 SHARED = "shared"
+RPC = "rpc"  # neither "shared" nor "t-...": no tenant's segment
 TENANT_MARK = "t-"
 
 
@@ -76,6 +79,13 @@ def staged_key(prefix: str, tenant: str, *parts: str) -> str:
     return "/".join((prefix, tenant_segment(tenant), *map(_component, parts)))
 
 
+def rpc_key(prefix: str, folder: str, index: int) -> str:
+    """An encoder call's image: ``{prefix}/rpc/...``, a random folder deleted after the
+    answer. Not per tenant (the call carries none), so one lifecycle rule on the prefix
+    catches what a crash leaves; only encoder calls may read it."""
+    return f"{prefix}/{RPC}/{_component(folder)}/{index}"
+
+
 def staged_tenant(prefix: str, key: str) -> tuple[str, str] | None:
     """(tenant, the rest of the key) of a key under ``prefix``, ``None`` when the key is
     not under it. A key under ``prefix`` with no valid segment raises ``ValueError``."""
@@ -111,11 +121,15 @@ class StagingAreas:
         for prefix in self.prefixes:
             if not key.startswith(f"{prefix}/"):
                 continue
+            if key.startswith(f"{prefix}/{RPC}/"):
+                if tenant is None:
+                    return
+                break
             try:
-                owner, rest = staged_tenant(prefix, key) or ("", "")
+                staged = staged_tenant(prefix, key)
             except ValueError:  # under the prefix but in no tenant's segment: nobody's
                 break
-            if owner == tenant or (tenant is None and rest.startswith("rpc/")):
+            if tenant is not None and staged is not None and staged[0] == tenant:
                 return
             break
         else:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from consumers.errors import ItemError
-from consumers.keys import StagingAreas, id_of, staged_key, staged_tenant, vector_id
+from consumers.keys import StagingAreas, id_of, rpc_key, staged_key, staged_tenant, vector_id
 from consumers.results import Stopwatch
 from consumers.settings import MilvusSettings
 from consumers.store import VectorStore
@@ -92,12 +92,14 @@ def test_staging_areas_let_an_event_read_only_its_own_tenants_uploads() -> None:
     areas.check("images", staged_key("legacy", "", "clip", "7"), "")
     areas.check("images", "photos/x.jpg", "north")  # not staged: the bucket list decides
     areas.check("other", north, "south")  # another bucket holds no staging
-    areas.check("images", staged_key("gateway", "south", "rpc", "f00", "0"), None)  # RPC
+    areas.check("images", rpc_key("gateway", "f00", 0), None)  # an encoder call
     refused = [
         (north, "south"), (north, ""), (north, None), (north, "north/x"),
         (staged_key("gateway", "", "images", "x"), "north"),
         ("gateway/images/x", ""), ("gateway/images/x", "north"),  # the old layout: nobody's
         ("gateway/t-north%2Fimages/x", "north"),
+        (rpc_key("gateway", "f00", 0), ""), (rpc_key("gateway", "f00", 0), "north"),
+        (staged_key("gateway", "north", "rpc", "f00", "0"), None),  # RPC: its own area only
     ]  # fmt: skip
     for key, tenant in refused:
         with pytest.raises(ItemError, match="not staged for this tenant"):

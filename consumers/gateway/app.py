@@ -55,11 +55,11 @@ router = APIRouter()
     openapi_extra=MULTIPART_ANY,
     summary="Vectors for any mix of images (file parts) and texts (plain fields)",
 )
-async def embeddings(request: Request, gateway: Api, key: IngestKey) -> EmbeddingsResponse:
+async def embeddings(request: Request, gateway: Api, _: IngestKey) -> EmbeddingsResponse:
     parts = await read_parts(request, gateway.limits)
     if not parts.images and not parts.texts:
         raise ApiError(ApiErrorCode.INVALID_REQUEST, "send at least one image or text")
-    reply = await gateway.encode(parts, tenant=key.tenant(None), kind="embed")
+    reply = await gateway.encode(parts, kind="embed")
     return EmbeddingsResponse(
         request_id=request_id(request),
         model=reply.model or "",
@@ -79,7 +79,7 @@ async def embeddings(request: Request, gateway: Api, key: IngestKey) -> Embeddin
 async def labels(
     request: Request,
     gateway: Api,
-    key: IngestKey,
+    _: IngestKey,
     label_set: Annotated[str | None, Query(description="Default: zero_shot.default_set.")] = None,
     top_k: Annotated[int | None, Query(ge=1, description="Default: zero_shot.top_k.")] = None,
 ) -> LabelsResponse:
@@ -87,9 +87,7 @@ async def labels(
     parts = await read_parts(request, gateway.limits)
     if len(parts.images) != 1 or parts.texts:
         raise ApiError(ApiErrorCode.INVALID_REQUEST, "send exactly one image and no text")
-    reply = await gateway.encode(
-        parts, tenant=key.tenant(None), kind="labels", label_set=name, top_k=k
-    )
+    reply = await gateway.encode(parts, kind="labels", label_set=name, top_k=k)
     found = next(iter(reply.labels.values()), [])
     return LabelsResponse(
         request_id=request_id(request),

@@ -10,7 +10,7 @@ from starlette.datastructures import UploadFile
 from consumers.gateway.errors import ApiError, ApiErrorCode
 from consumers.gateway.forms import Parts, read_image
 from consumers.gateway.runtime import GatewayRuntime
-from consumers.keys import staged_key
+from consumers.keys import rpc_key, staged_key
 from consumers.settings import Settings
 from schemas.events import ImageSubmitted, TaskResult
 from schemas.rpc import RpcReply, RpcRequest
@@ -44,13 +44,11 @@ class Gateway:
             )
         return name, k
 
-    async def encode(self, parts: Parts, *, tenant: str = "", **request: object) -> RpcReply:
-        """Stage the images (under ``tenant``'s prefix), ask a CLIP consumer, clean up;
-        errors become ``ApiError``."""
+    async def encode(self, parts: Parts, **request: object) -> RpcReply:
+        """Stage the images, ask a CLIP consumer, clean up; errors become ``ApiError``."""
         timeout = self.limits.request_timeout_s
-        folder = uuid.uuid4().hex
-        prefix = self.limits.staging_prefix
-        keys = [staged_key(prefix, tenant, "rpc", folder, str(i)) for i in range(len(parts.images))]
+        folder, prefix = uuid.uuid4().hex, self.limits.staging_prefix
+        keys = [rpc_key(prefix, folder, i) for i in range(len(parts.images))]
         try:
             uris = [
                 await self.runtime.stage(key, image.data, image.content_type)
