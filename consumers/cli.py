@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from consumers.allocator import retain_freed_memory
-from consumers.errors import ModelLoadError
+from consumers.errors import ConfigError, ModelLoadError
 from consumers.settings import RUNTIME_DIR, Settings
 from consumers.threads import limit_blas_threads
 
@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     from consumers.dlq import add_command as add_dlq_command
 
     add_dlq_command(sub)  # dlq replay
+    from consumers.api_keys import add_command as add_keys_command
+
+    add_keys_command(sub)  # keys create
     from loadtest.cli import add_commands
 
     add_commands(sub)  # loadtest, bench
@@ -182,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.handler(args))
         light = args.command in ("gateway", "legacy")
         return (_serve if light else _run)(args, settings)
-    except ModelLoadError as exc:
+    except (ModelLoadError, ConfigError) as exc:
         print(f"imagestream: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -170,6 +170,7 @@ class BatchDelivery:
             ItemError(ErrorCode.INTERNAL, message),
             model=self.model(),
             watch=Stopwatch(),
+            collection=getattr(event, "collection", None),  # a BadEvent has none
         )
 
 

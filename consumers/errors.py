@@ -16,3 +16,7 @@ class ItemError(Exception):
 
 class ModelLoadError(RuntimeError):
     """A model cannot be loaded; the message is one line naming it and how to provide it."""
+
+
+class ConfigError(ValueError):
+    """Settings that must not run (a gateway open to a network without keys); one line."""

@@ -14,10 +14,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from consumers.api_keys import dev_key
 from consumers.gateway.server import running_gateway
 from consumers.legacy.adapter import legacy_adapter
 from consumers.metrics import metrics_server
 from consumers.monitor import monitoring
+from consumers.redact import redact_url
 from consumers.service import ConsumerService
 from consumers.settings import STACK_ENV, Settings
 from consumers.signals import stop_event
@@ -107,6 +109,8 @@ async def up(settings: Settings, tasks: Sequence[str] | None, runtime_dir: Path)
     async with embedded_stack(settings, runtime_dir) as live:
         env = {k: v for k, v in os.environ.items() if k.startswith("IMAGESTREAM_")}
         _write_stack_env(env)
+        key, auth = dev_key(live.gateway.auth)  # in memory: gone when the stack stops
+        live.gateway.auth = auth
         try:
             async with (
                 running_consumers(live, tasks) as service,
@@ -120,8 +124,9 @@ async def up(settings: Settings, tasks: Sequence[str] | None, runtime_dir: Path)
                 print(f"topics     {topics.images} -> {topics.results}")
                 print(f"gateway    {gateway.url}  (OpenAPI {gateway.url}/docs)")
                 print(f"demo page  {gateway.url}/demo")
+                print(f"dev key    {key}  (tenant dev; the demo page asks for it)")
                 if live.legacy.polling_url:
-                    print(f"legacy     polling {live.legacy.polling_url}")
+                    print(f"legacy     polling {redact_url(live.legacy.polling_url)}")
                 print(f"env        {STACK_ENV} (read by imagestream ingest)")
                 print("ready: press Ctrl-C to stop", flush=True)
                 await stop.wait()

@@ -25,6 +25,7 @@ from consumers.decode import decode_image
 from consumers.encoders.cpu_workers import worker_starts
 from consumers.errors import ItemError
 from consumers.fit import clean
+from consumers.keys import StagingAreas
 from consumers.milvus_errors import StoreRejected
 from consumers.records import BadEvent, Record, parse_image_event
 from consumers.results import Stopwatch, error_result, ok_result, since
@@ -85,12 +86,18 @@ class Prepared:
 
 class ImagePipeline:
     def __init__(
-        self, task: ImageTask[Any, Any], s3: S3Store, decode: DecodeSettings, pools: Pools
+        self,
+        task: ImageTask[Any, Any],
+        s3: S3Store,
+        decode: DecodeSettings,
+        pools: Pools,
+        staging: StagingAreas | None = None,
     ) -> None:
         self.task = task
         self.s3 = s3
         self.decode_settings = decode
         self.pools = pools
+        self.staging = staging  # uploads staged per tenant: an event reads only its own
 
     @property
     def name(self) -> str:
@@ -186,7 +193,10 @@ class ImagePipeline:
 
     async def _fetch(self, job: Job[Any]) -> None:
         start = perf_counter()
-        job.data = await self.s3.get(*job.event.bucket_key())
+        bucket, key = job.event.bucket_key()
+        if self.staging is not None:
+            self.staging.check(bucket, key, job.tenant)
+        job.data = await self.s3.get(bucket, key)
         job.watch.add("fetch", since(start))
 
     async def _decode(self, job: Job[Any]) -> None:
@@ -249,6 +259,7 @@ class ImagePipeline:
             reply=event.reply,
             submitted_at=event.submitted_at,
             completed_at=completed_at,
+            collection=event.collection,
             **job.fields,
         )
 
@@ -263,6 +274,7 @@ class ImagePipeline:
             watch=job.watch,
             reply=event.reply,
             submitted_at=event.submitted_at,
+            collection=event.collection,
         )
 
     def _bad_event_result(self, bad: BadEvent, watch: Stopwatch) -> TaskResult:

@@ -74,6 +74,7 @@ def error_result(
     watch: Stopwatch,
     reply: Reply | None = None,
     submitted_at: datetime | None = None,
+    collection: str | None = None,
 ) -> TaskResult:
     return TaskResult(
         result_id=result_id(event_id, task),
@@ -81,6 +82,7 @@ def error_result(
         image_id=image_id,
         task=task,
         status=Status.ERROR,
+        collection=collection,
         error=TaskError(code=error.code, message=error.message),
         model=model,
         timings=watch.timings(),

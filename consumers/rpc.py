@@ -32,6 +32,7 @@ from consumers.decode import decode_image
 from consumers.encoders.base import Encoder, Vectors
 from consumers.errors import ItemError
 from consumers.fit import BUDGET_BYTES, clean
+from consumers.keys import StagingAreas
 from consumers.labels import LabelSets, UnknownLabelSet, shared_label_sets
 from consumers.records import describe
 from consumers.s3 import S3Store, S3Unavailable
@@ -70,6 +71,7 @@ class _Clip:
             settings.zero_shot, encoder, lambda texts: encode_texts(texts)[0]
         )
         self.s3 = s3
+        self.staging = StagingAreas.of(settings)
         self.decode = decode
         self.device = device
 
@@ -81,6 +83,7 @@ class _Clip:
         if match is None:
             raise _KeyedError(key, ItemError(ErrorCode.INVALID_EVENT, f"not an s3:// URI: {uri}"))
         try:
+            self.staging.check(match["bucket"], match["key"], None)  # RPC staging only
             data = await self.s3.get(match["bucket"], match["key"])
             hint = self.encoder.min_input_side  # JPEGs decode at the scale the model needs
             decode = partial(decode_image, data, self.settings.decode, hint)

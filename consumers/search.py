@@ -183,6 +183,7 @@ def _ok(
         dim=encoder.dim,
         watch=watch,
         submitted_at=query.submitted_at,
+        collection=query.collection,
         neighbors=neighbors,
         truncated=truncated,
     )

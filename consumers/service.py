@@ -22,6 +22,7 @@ from consumers.dlq import dead_letter
 from consumers.encoders import encoder_class
 from consumers.fit import publish_result
 from consumers.kafka import make_broker
+from consumers.keys import StagingAreas
 from consumers.metrics import MODEL_LOAD_S, observe_results, record_dlq
 from consumers.pipeline import ImagePipeline, Pools, Prepared
 from consumers.prefetch import HANDOFFS, PrefetchingHandler
@@ -144,7 +145,8 @@ class ConsumerService:
             await asyncio.get_running_loop().run_in_executor(pools.store, store.open)
             self._stores.append(store)
         image_task = image_task_class(encoder, store)
-        return ImagePipeline(image_task, self._s3, self.settings.decode, pools)
+        staging = StagingAreas.of(self.settings)
+        return ImagePipeline(image_task, self._s3, self.settings.decode, pools, staging)
 
     async def stop(self) -> None:
         """In-flight batches get ``graceful_timeout_s`` to finish; one waiting on a retry

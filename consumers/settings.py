@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from consumers.api_keys import AuthSettings
 from consumers.task_settings import (
     RUNTIME_DIR,
     WEARABLE,
@@ -160,9 +161,16 @@ class LegacySettings(BaseModel):
         default_factory=list,
         description="Hosts s3_path URLs other than S3's may be downloaded from (or *.domain).",
     )
-    allowed_networks: list[str] = Field(
+    download_networks: list[str] = Field(
         default_factory=list,
-        description="CIDRs reachable although private or loopback (downloads and callbacks).",
+        description="CIDRs s3_path downloads may reach although private or loopback.",
+    )
+    callback_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs callbacks may reach although private or loopback.",
+    )
+    allowed_networks: list[str] = Field(
+        default_factory=list, description="Deprecated: callbacks only, as callback_networks."
     )
     staging_prefix: str = Field(default="legacy", description="Key prefix of staged downloads.")
     group_id: str | None = Field(
@@ -195,6 +203,7 @@ class GatewaySettings(BaseModel):
         default=3600.0, ge=0, description="At start, read results this far back."
     )
     staging_prefix: str = Field(default="gateway", description="Key prefix of uploads.")
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
 
 class MetricsSettings(BaseModel):

@@ -217,6 +217,9 @@ class TaskResult(_Event):
     image_id: str
     task: str
     status: Status
+    collection: str | None = Field(
+        default=None, description="The event's tenant: results are read back within it."
+    )
     error: TaskError | None = None
     model: str | None = None
     dim: int | None = None

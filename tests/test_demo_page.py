@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from consumers.api_keys import AuthSettings, Scope, new_key
 from consumers.gateway.server import running_gateway
 from consumers.launcher import running_consumers
 from consumers.servers import Broker
@@ -36,6 +37,8 @@ pytestmark = pytest.mark.integration
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 TASKS = ["clip", "labels", "caption", "face"]  # all enabled: the page asks for every one
 # Where the screenshot is kept after the run (pytest's tmp folders are pruned).
+# The page asks for a key; this one holds the tenant its uploads and searches stay in.
+KEY, RECORD = new_key(["demo"], [Scope.INGEST, Scope.SEARCH, Scope.FACES])
 SCREENSHOT = Path(os.environ.get("IMAGESTREAM_SCREENSHOT_DIR", "build/screenshots")) / "demo.png"
 
 
@@ -50,7 +53,9 @@ async def settings(
         s3_server,
         root,
         root / "models",
-        gateway=GatewaySettings(port=0, request_timeout_s=60),
+        gateway=GatewaySettings(
+            port=0, request_timeout_s=60, auth=AuthSettings(keys=[RECORD], keys_file=None)
+        ),
         clip=ClipSettings(**tiny),
         labels=LabelsSettings(enabled=True),
         caption=CaptionSettings(enabled=True, max_new_tokens=8, min_size=32, **tiny),
@@ -92,7 +97,7 @@ def browser() -> Iterator[object]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _use_the_page(driver: object, url: str, photo: Path) -> dict[str, str]:
+def _use_the_page(driver: object, url: str, key: str, photo: Path) -> dict[str, str]:
     """What a person does on the page; returns what it then shows. Blocking (Selenium)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -102,12 +107,14 @@ def _use_the_page(driver: object, url: str, photo: Path) -> dict[str, str]:
     assert isinstance(driver, WebDriver)
     wait = WebDriverWait(driver, 90)
     driver.get(f"{url}/demo")
+    driver.find_element(By.ID, "api-key").send_keys(key)
     driver.find_element(By.ID, "file").send_keys(str(photo))
     driver.find_element(By.ID, "analyse").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "done"))
     driver.find_element(By.ID, "query").send_keys("two people")
     driver.find_element(By.ID, "search-button").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "search-status"), "image(s)"))
+    wait.until(lambda d: d.execute_script("return document.body.dataset.thumbnails === '0'"))
     wait.until(
         lambda d: d.execute_script("return [...document.images].every((img) => img.complete)")
     )
@@ -117,6 +124,10 @@ def _use_the_page(driver: object, url: str, photo: Path) -> dict[str, str]:
         name: driver.find_element(By.ID, name).text
         for name in ("status", "caption", "labels", "faces", "similar", "search-results")
     }
+    shown["thumbnails"] = driver.execute_script(
+        "return String([...document.querySelectorAll('#search-results img')]"
+        ".filter((img) => img.naturalWidth > 0).length)"
+    )
     shown["analysed"] = driver.execute_script("return document.body.dataset.analysed")
     shown["boxes"] = driver.execute_script(
         "return document.getElementById('preview').dataset.faces"
@@ -133,7 +144,7 @@ async def test_the_demo_page_shows_every_task_and_searches_by_text(
         running_consumers(settings, TASKS),
         running_gateway(settings, any_port_if_busy=True) as gateway,
     ):
-        shown = await asyncio.to_thread(_use_the_page, browser, gateway.url, photo)
+        shown = await asyncio.to_thread(_use_the_page, browser, gateway.url, KEY, photo)
 
     assert "done: 4 task(s)" in shown["status"], shown["status"]
     assert "failed" not in shown["status"]
@@ -143,6 +154,7 @@ async def test_the_demo_page_shows_every_task_and_searches_by_text(
     assert shown["boxes"] == "2"  # drawn on the preview
     # The uploaded image is the only one, so text search ranks exactly it.
     assert shown["analysed"] in shown["search-results"]
+    assert shown["thumbnails"] == "1"  # fetched with the key (an <img src> sends none)
     png = SCREENSHOT.read_bytes()
     assert png.startswith(b"\x89PNG")
     assert len(png) > 10_000

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from multidict import CIMultiDict
 
+from consumers.api_keys import AuthSettings
 from consumers.gateway.server import running_gateway
 from consumers.launcher import running_consumers
 from consumers.servers import Broker
@@ -29,6 +30,7 @@ LIMITS = GatewaySettings(
     max_image_bytes=200_000,
     max_items=4,
     max_text_chars=200,
+    auth=AuthSettings(open=True, keys_file=None),  # keys: tests/test_gateway_auth.py
 )
 
 
@@ -138,7 +140,7 @@ async def test_an_uploaded_image_is_submitted_and_its_results_served(
     status, _, accepted = await post(http, f"{url}/v1/images", data)
     assert status == 202, accepted
     assert (accepted["image_id"], accepted["tasks"]) == (first, ["clip"])
-    assert accepted["uri"].startswith("s3://images/gateway/images/")
+    assert accepted["uri"].startswith("s3://images/gateway/shared/images/")  # no tenant
     body: dict[str, Any] = {}
     for _ in range(200):
         async with http.get(f"{url}{accepted['results_url']}") as response:
@@ -303,6 +305,10 @@ async def test_unknown_results_are_a_typed_404(
         assert response.status == 404
     assert body["error"]["code"] == "not_found"
     assert "never-submitted" in body["error"]["message"]
+    # auth.open lets a request without a key in, but a key that is sent is still checked.
+    wrong = {"Authorization": "Bearer isk_not_a_key"}
+    async with http.get(f"{url}/v1/results/never-submitted", headers=wrong) as response:
+        assert response.status == 401
 
 
 async def test_without_a_clip_consumer_the_gateway_answers_504(

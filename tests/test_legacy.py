@@ -52,7 +52,8 @@ async def settings(
         model_names={"clip": MODEL},
         idle_sleep_s=0.2,
         jitter_s=0.2,
-        allowed_networks=["127.0.0.0/8"],  # the emulator is on loopback
+        download_networks=["127.0.0.0/8"],  # the emulator is on loopback
+        callback_networks=["127.0.0.0/8"],
         allowed_hosts=["127.0.0.1"],
         callback_backoff_s=0.3,
         callback_backoff_max_s=3.0,

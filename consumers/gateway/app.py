@@ -21,6 +21,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 
+from consumers.api_keys import Scope
+from consumers.gateway.auth import IngestKey, install_auth
 from consumers.gateway.core import Gateway
 from consumers.gateway.errors import ApiError, ApiErrorCode, install_error_handlers, request_id
 from consumers.gateway.forms import read_parts
@@ -53,7 +55,7 @@ router = APIRouter()
     openapi_extra=MULTIPART_ANY,
     summary="Vectors for any mix of images (file parts) and texts (plain fields)",
 )
-async def embeddings(request: Request, gateway: Api) -> EmbeddingsResponse:
+async def embeddings(request: Request, gateway: Api, _: IngestKey) -> EmbeddingsResponse:
     parts = await read_parts(request, gateway.limits)
     if not parts.images and not parts.texts:
         raise ApiError(ApiErrorCode.INVALID_REQUEST, "send at least one image or text")
@@ -77,6 +79,7 @@ async def embeddings(request: Request, gateway: Api) -> EmbeddingsResponse:
 async def labels(
     request: Request,
     gateway: Api,
+    _: IngestKey,
     label_set: Annotated[str | None, Query(description="Default: zero_shot.default_set.")] = None,
     top_k: Annotated[int | None, Query(ge=1, description="Default: zero_shot.top_k.")] = None,
 ) -> LabelsResponse:
@@ -106,14 +109,16 @@ async def labels(
 async def images(
     request: Request,
     gateway: Api,
+    key: IngestKey,
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF.")],
     image_id: Annotated[str | None, Form(description="Default: a new UUID.")] = None,
     tasks: Annotated[str | None, Form(description="Comma-separated; default: all.")] = None,
     top_k: Annotated[int, Form(ge=0, le=1000)] = 20,
-    collection: Annotated[str | None, Form(description="Tenant.")] = None,
+    collection: Annotated[str | None, Form(description="Tenant; default: the key's.")] = None,
     wait: Annotated[bool, Query(description="Answer 200 once every result arrived.")] = False,
 ) -> JSONResponse:
-    event = gateway.event(image_id, tasks, top_k, collection)
+    faces = key.allows(Scope.FACES)
+    event = gateway.event(image_id, tasks, top_k, key.collection(collection), faces=faces)
     found, status = await gateway.submit(image, event, wait)
     body = ImageAccepted(
         request_id=request_id(request),
@@ -121,10 +126,15 @@ async def images(
         event_id=event.event_id,
         uri=event.uri,
         tasks=event.tasks or gateway.settings.enabled_tasks(),
-        results_url=f"/v1/results/{quote(event.image_id, safe='')}",
+        results_url=_results_url(event.image_id, event.collection),
         results=[r.model_copy(update={"reply": None}) for r in found] if found else None,
     )
     return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status)
+
+
+def _results_url(image_id: str, collection: str | None) -> str:
+    url = f"/v1/results/{quote(image_id, safe='')}"
+    return f"{url}?collection={quote(collection, safe='')}" if collection else url
 
 
 @router.get(
@@ -134,8 +144,16 @@ async def images(
     responses=ERRORS,
     summary="The latest result per task for an image, as this gateway saw them",
 )
-async def results(request: Request, gateway: Api, image_id: str) -> ResultsResponse:
-    found = gateway.runtime.cache.get(image_id)
+async def results(
+    request: Request,
+    gateway: Api,
+    key: IngestKey,
+    image_id: str,
+    collection: Annotated[str | None, Query(description="Default: the key's.")] = None,
+) -> ResultsResponse:
+    found = gateway.runtime.cache.get(image_id, key.tenant(collection))
+    if not key.allows(Scope.FACES):  # faces are biometric data: their own scope
+        found = [result for result in found if result.task != "face"]
     if not found:
         raise ApiError(
             ApiErrorCode.NOT_FOUND,
@@ -162,7 +180,8 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
     live = runtime or GatewayRuntime(settings)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.check_exposure()  # no keys on a network address: refuse to start
         try:  # stop() also undoes a start() that failed part-way
             await live.start()
             yield
@@ -177,6 +196,7 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
     )
     app.state.gateway = Gateway(settings, live)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.gateway.max_request_bytes)
+    install_auth(app, settings.gateway)  # keys, rate limits, CORS: inside the request ids
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every answer has an id
     install_error_handlers(app)
     app.include_router(router)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from urllib.parse import quote
 
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -11,9 +10,12 @@ from starlette.datastructures import UploadFile
 from consumers.gateway.errors import ApiError, ApiErrorCode
 from consumers.gateway.forms import Parts, read_image
 from consumers.gateway.runtime import GatewayRuntime
+from consumers.keys import rpc_key, staged_key
 from consumers.settings import Settings
 from schemas.events import ImageSubmitted, TaskResult
 from schemas.rpc import RpcReply, RpcRequest
+
+FACE = "face"  # the task a key needs the faces scope for
 
 
 class Gateway:
@@ -45,8 +47,8 @@ class Gateway:
     async def encode(self, parts: Parts, **request: object) -> RpcReply:
         """Stage the images, ask a CLIP consumer, clean up; errors become ``ApiError``."""
         timeout = self.limits.request_timeout_s
-        folder = f"{self.limits.staging_prefix}/rpc/{uuid.uuid4().hex}"
-        keys = [f"{folder}/{i}" for i in range(len(parts.images))]
+        folder, prefix = uuid.uuid4().hex, self.limits.staging_prefix
+        keys = [rpc_key(prefix, folder, i) for i in range(len(parts.images))]
         try:
             uris = [
                 await self.runtime.stage(key, image.data, image.content_type)
@@ -75,10 +77,21 @@ class Gateway:
         return reply
 
     def event(
-        self, image_id: str | None, tasks: str | None, top_k: int, collection: str | None
+        self,
+        image_id: str | None,
+        tasks: str | None,
+        top_k: int,
+        collection: str | None,
+        *,
+        faces: bool = True,
     ) -> ImageSubmitted:
+        """The event of an upload; without ``faces`` (the key's scope) no face task runs."""
         enabled = self.settings.enabled_tasks()
         wanted = [t.strip() for t in (tasks or "").split(",") if t.strip()]
+        if not faces:
+            wanted = wanted or [t for t in enabled if t != FACE]
+            if FACE in wanted or not wanted:
+                raise ApiError(ApiErrorCode.FORBIDDEN, "this key lacks the faces scope", "tasks")
         unknown = sorted(set(wanted) - set(enabled))
         if unknown:
             raise ApiError(
@@ -87,7 +100,7 @@ class Gateway:
                 "tasks",
             )
         image_id = image_id or uuid.uuid4().hex
-        key = f"{self.limits.staging_prefix}/images/{quote(image_id, safe='')}"
+        key = staged_key(self.limits.staging_prefix, collection or "", "images", image_id)
         try:
             return ImageSubmitted(
                 event_id=uuid.uuid4().hex,
@@ -114,7 +127,9 @@ class Gateway:
         tasks = set(event.tasks or self.settings.enabled_tasks())
         timeout = self.limits.request_timeout_s
         try:
-            found = await self.runtime.cache.wait(event.image_id, event.event_id, tasks, timeout)
+            found = await self.runtime.cache.wait(
+                event.image_id, event.event_id, tasks, timeout, tenant=event.collection or ""
+            )
         except TimeoutError:
             raise ApiError(
                 ApiErrorCode.TIMEOUT,

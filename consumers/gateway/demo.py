@@ -16,7 +16,6 @@ import uuid
 from functools import cache
 from importlib.resources import files
 from typing import Annotated
-from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import HTMLResponse, Response
@@ -24,8 +23,10 @@ from pydantic import BaseModel, Field, ValidationError
 
 from consumers.errors import ItemError
 from consumers.gateway.app import Api
+from consumers.gateway.auth import SearchKey
 from consumers.gateway.errors import ApiError, ApiErrorCode, request_id
 from consumers.gateway.models import ERRORS
+from consumers.keys import staged_key
 from schemas.events import Neighbor, TextQuery, dump
 
 router = APIRouter()
@@ -59,9 +60,12 @@ async def demo_page() -> HTMLResponse:
     return HTMLResponse(_page())
 
 
-@router.get("/demo/images/{image_id}", include_in_schema=False)
-async def demo_image(gateway: Api, image_id: str) -> Response:
-    key = f"{gateway.limits.staging_prefix}/images/{quote(image_id, safe='')}"
+@router.get("/demo/images/{image_id:path}", include_in_schema=False)
+async def demo_image(
+    gateway: Api, caller: SearchKey, image_id: str, collection: str | None = None
+) -> Response:
+    tenant = caller.tenant(collection)
+    key = staged_key(gateway.limits.staging_prefix, tenant, "images", image_id)
     try:
         data = await gateway.runtime.s3.get(gateway.settings.s3.bucket, key)
     except ItemError as exc:
@@ -77,8 +81,9 @@ async def demo_image(gateway: Api, image_id: str) -> Response:
     summary="Text-to-image search over the CLIP image collection",
 )
 async def search(
-    request: Request, gateway: Api, body: Annotated[SearchRequest, Body()]
+    request: Request, gateway: Api, caller: SearchKey, body: Annotated[SearchRequest, Body()]
 ) -> SearchResponse:
+    body = body.model_copy(update={"collection": caller.collection(body.collection)})
     if len(body.text) > gateway.limits.max_text_chars:
         limit = gateway.limits.max_text_chars
         raise ApiError(ApiErrorCode.TEXT_TOO_LONG, f"text is over {limit} characters", "text")
@@ -96,7 +101,9 @@ async def search(
     topic = runtime.topics.queries
     await runtime.producer.send_and_wait(topic, dump(query), key=query.query_id.encode())
     try:
-        (result,) = await runtime.cache.wait(query.query_id, query.event_id, {SEARCH}, timeout)
+        (result,) = await runtime.cache.wait(
+            query.query_id, query.event_id, {SEARCH}, timeout, tenant=query.collection or ""
+        )
     except TimeoutError:
         raise ApiError(
             ApiErrorCode.TIMEOUT,

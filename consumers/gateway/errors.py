@@ -25,6 +25,9 @@ log = logging.getLogger("imagestream.gateway")
 
 class ApiErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     TOO_MANY_ITEMS = "too_many_items"
     TEXT_TOO_LONG = "text_too_long"
@@ -41,6 +44,9 @@ class ApiErrorCode(StrEnum):
 
 STATUS = {
     ApiErrorCode.INVALID_REQUEST: 400,
+    ApiErrorCode.UNAUTHORIZED: 401,
+    ApiErrorCode.FORBIDDEN: 403,
+    ApiErrorCode.RATE_LIMITED: 429,
     ApiErrorCode.PAYLOAD_TOO_LARGE: 413,
     ApiErrorCode.TOO_MANY_ITEMS: 413,
     ApiErrorCode.TEXT_TOO_LONG: 422,
@@ -96,11 +102,19 @@ def request_id(request: Request) -> str:
 
 
 def error_response(request: Request, error: ApiError) -> JSONResponse:
+    return error_json(error, request_id(request))
+
+
+def error_json(
+    error: ApiError, request_id: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The typed body of ``error``; also for middleware, which runs outside the handlers."""
     body = ErrorResponse(
         error=ErrorBody(code=error.code, message=error.message, field=error.field),
-        request_id=request_id(request),
+        request_id=request_id,
     )
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=error.status_code)
+    status = error.status_code
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
 def _describe(exc: RequestValidationError) -> tuple[str, str | None]:

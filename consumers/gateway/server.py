@@ -51,12 +51,12 @@ async def running_gateway(
 ) -> AsyncIterator[RunningGateway]:
     """Serve until the context exits; raises if the app cannot start (Kafka, S3, topics)."""
     gateway = settings.gateway
+    runtime = GatewayRuntime(settings)
+    app = create_app(settings, runtime)
+    app.state.check_exposure()  # before binding: no keys on a network address, no gateway
     sock = _bind(gateway.host, gateway.port, any_port_if_busy)
     host, port = sock.getsockname()[:2]
-    runtime = GatewayRuntime(settings)
-    config = uvicorn.Config(
-        create_app(settings, runtime), log_level="warning", access_log=False, lifespan="on"
-    )
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = _Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:

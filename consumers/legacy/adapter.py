@@ -21,7 +21,7 @@ from consumers.legacy.poller import Poller
 from consumers.legacy.sources import SourceResolver
 from consumers.legacy.ssrf import AddressGuard, guarded_session
 from consumers.s3 import S3Store
-from consumers.settings import Settings
+from consumers.settings import LegacySettings, Settings
 from consumers.signals import stop_event
 
 log = logging.getLogger("imagestream.legacy")
@@ -60,20 +60,29 @@ def _report_failure(task: asyncio.Task[None]) -> None:
         log.error("a legacy adapter half stopped", exc_info=task.exception())
 
 
+def guards(legacy: LegacySettings) -> tuple[AddressGuard, AddressGuard]:
+    """(downloads, callbacks): separate, so a network opened for callbacks is not one a
+    download may reach (through a redirect, say). ``allowed_networks`` is the old name
+    of ``callback_networks``."""
+    downloads = AddressGuard(legacy.download_networks, "download_networks")
+    networks = [*legacy.callback_networks, *legacy.allowed_networks]
+    return downloads, AddressGuard(networks, "callback_networks")
+
+
 @asynccontextmanager
 async def legacy_adapter(
     settings: Settings, halves: tuple[Half, ...] = HALVES
 ) -> AsyncIterator[list[asyncio.Task[None]]]:
     """Run the chosen halves until the context exits; yields their tasks (they end only
     by failing, which the caller should watch for)."""
-    guard = AddressGuard(settings.legacy.allowed_networks)
+    downloads, callbacks = guards(settings.legacy)
     stop = asyncio.Event()
     async with AsyncExitStack() as stack:
         runs: list[Coroutine[Any, Any, None]] = []
         if "poller" in halves:
-            runs.append((await _poller(settings, stack, guard)).run(stop))
+            runs.append((await _poller(settings, stack, downloads)).run(stop))
         if "sender" in halves:
-            runs.append((await _sender(settings, stack, guard)).run(stop))
+            runs.append((await _sender(settings, stack, callbacks)).run(stop))
         tasks = [asyncio.create_task(run) for run in runs]
         for task in tasks:
             task.add_done_callback(_report_failure)

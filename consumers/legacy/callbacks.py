@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from consumers.kafka import client_kwargs, started
 from consumers.legacy.publish import publish_until_acked
 from consumers.legacy.ssrf import AddressGuard, Refused, check_url
+from consumers.redact import redact_text, redact_url
 from consumers.settings import LegacySettings, Settings
 from schemas.events import CallbackFailed, ErrorCode, Status, TaskResult, dump
 from schemas.topics import Topics
@@ -111,7 +112,7 @@ class CallbackClient:
             except Refused as exc:
                 return Outcome(False, attempt - 1, f"callback URL refused: {exc}")
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                error = repr(exc)
+                error = redact_text(repr(exc))  # aiohttp's errors repeat the URL
             if attempt < self.legacy.callback_attempts:
                 await asyncio.sleep(self._backoff(attempt))
         return Outcome(False, self.legacy.callback_attempts, error)
@@ -183,7 +184,8 @@ class CallbackSender:
             outcome = await self.client.send(url, body)
         CALLBACKS.labels("delivered" if outcome.delivered else "failed").inc()
         if not outcome.delivered:
-            log.warning("callback for %s to %s failed: %s", result.image_id, url, outcome.error)
+            shown = redact_url(url)
+            log.warning("callback for %s to %s failed: %s", result.image_id, shown, outcome.error)
             failed = CallbackFailed(
                 result_id=result.result_id,
                 image_id=result.image_id,

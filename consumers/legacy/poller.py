@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from consumers.errors import ItemError
 from consumers.legacy.publish import publish_until_acked
 from consumers.legacy.sources import SourceResolver, SourceUnavailable
+from consumers.redact import redact_text, redact_url
 from consumers.results import Stopwatch, error_result
 from consumers.s3 import S3Unavailable
 from consumers.settings import Settings
@@ -103,7 +104,11 @@ class Poller:
         if not self.legacy.polling_url:
             raise ValueError("legacy.polling_url is not set (IMAGESTREAM_LEGACY__POLLING_URL)")
         loops = [self._loop(task, model, stop) for task, model in self.models().items()]
-        log.info("polling %s for %s", self.legacy.polling_url, ", ".join(self.models().values()))
+        log.info(
+            "polling %s for %s",
+            redact_url(self.legacy.polling_url or ""),
+            ", ".join(self.models().values()),
+        )
         await asyncio.gather(*loops)
 
     async def _loop(self, task: str, model: str, stop: asyncio.Event) -> None:
@@ -125,25 +130,27 @@ class Poller:
                     self._failing(url, f"HTTP {response.status}")
                     return None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self._failing(url, str(exc) or type(exc).__name__)
+            self._failing(url, redact_text(str(exc)) or type(exc).__name__)
             return None
         if url in self._down:
             self._down.discard(url)
-            log.info("poll %s answers again", url)
+            log.info("poll %s answers again", redact_url(url))
         try:
             return parse_job(body)
         except ValueError as exc:
             # Without an id and a callback URL there is no one to answer: say it loudly.
-            log.error("poll %s: unusable job dropped (%s): %r", url, exc, body[:500])
+            shown = redact_text(repr(body[:500]))  # its s3_path may be presigned
+            log.error("poll %s: unusable job dropped (%s): %s", redact_url(url), exc, shown)
             return None
 
     def _failing(self, url: str, why: str) -> None:
         """Once per outage at WARNING: an idle poller retries every few seconds."""
         if url in self._down:
-            log.debug("poll %s still failing: %s", url, why)
+            log.debug("poll %s still failing: %s", redact_url(url), why)
             return
         self._down.add(url)
-        log.warning("poll %s failed: %s (retrying quietly until it answers)", url, why)
+        shown = redact_url(url)
+        log.warning("poll %s failed: %s (retrying quietly until it answers)", shown, why)
 
     async def submit(self, task: str, model: str, job: LegacyJob, stop: asyncio.Event) -> None:
         """Publish the job's event, or its error result; returns once Kafka has it."""

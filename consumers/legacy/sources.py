@@ -5,10 +5,12 @@
   virtual-host style ``bucket.{endpoint host}/key``; on AWS, when no endpoint is set,
   the ``*.amazonaws.com`` forms): mapped to bucket/key and read with our own credentials,
   so a presigned URL's query string is dropped.
-- Any other URL: downloaded only from ``legacy.allowed_hosts``, through the SSRF guard,
+- Any other URL: downloaded only from ``legacy.allowed_hosts`` (every redirect hop too),
+  through the SSRF guard (``legacy.download_networks``),
   size-capped at ``s3.max_object_bytes``, and staged into ``s3.bucket`` under
-  ``{legacy.staging_prefix}/{model}/{job id}``.
+  ``{legacy.staging_prefix}/shared/{model}/{job id}``.
 
+Messages name URLs redacted (no query string: a presigned URL's signature, no userinfo).
 Failures that retrying cannot fix are ``ItemError`` (the adapter publishes an error
 result, so the legacy backend hears back); a source that is down is ``SourceUnavailable``.
 """
@@ -16,13 +18,21 @@ result, so the legacy backend hears back); a source that is down is ``SourceUnav
 from __future__ import annotations
 
 import re
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import aiohttp
 from yarl import URL
 
 from consumers.errors import ItemError
-from consumers.legacy.ssrf import AddressGuard, Refused, check_url, get_following_redirects
+from consumers.keys import staged_key
+from consumers.legacy.ssrf import (
+    AddressGuard,
+    Refused,
+    check_url,
+    get_following_redirects,
+    host_allowed,
+)
+from consumers.redact import redact_text, redact_url
 from consumers.s3 import S3Store
 from consumers.settings import LegacySettings, S3Settings
 from schemas.events import S3_URI, ErrorCode
@@ -34,15 +44,6 @@ _CHUNK = 64 * 1024
 
 class SourceUnavailable(Exception):
     """The download failed in a way that may pass (5xx, connection, timeout)."""
-
-
-def host_allowed(host: str, allowed: list[str]) -> bool:
-    """Exact host names, or ``*.example.com`` for every subdomain of example.com."""
-    host = host.lower().rstrip(".")
-    for entry in (a.lower().rstrip(".") for a in allowed):
-        if host == entry or (entry.startswith("*.") and host.endswith(entry[1:])):
-            return True
-    return False
 
 
 def _default_port(url: URL) -> int | None:
@@ -94,7 +95,8 @@ class SourceResolver:
         """The s3:// URI of the job's image, staging a download where one is needed."""
         if s3_path.startswith("s3://"):
             if not S3_URI.match(s3_path):
-                raise ItemError(ErrorCode.INVALID_EVENT, f"s3_path {s3_path[:200]!r} is malformed")
+                shown = redact_url(s3_path)
+                raise ItemError(ErrorCode.INVALID_EVENT, f"s3_path {shown!r} is malformed")
             return s3_path
         try:
             url = check_url(s3_path, self.guard)
@@ -109,28 +111,33 @@ class SourceResolver:
                 f"s3_path host {url.host!r} is neither the S3 endpoint nor in legacy.allowed_hosts",
             )
         data, content_type = await self._download(str(url))
-        key = f"{self.legacy.staging_prefix}/{model}/{quote(job_id, safe='')}"
+        # Legacy jobs carry no tenant: staged in the shared segment (consumers/keys.py).
+        key = staged_key(self.legacy.staging_prefix, "", model, job_id)
         await self.s3.put(self.s3_settings.bucket, key, data, content_type=content_type)
         return f"s3://{self.s3_settings.bucket}/{key}"
 
     async def _download(self, url: str) -> tuple[bytes, str | None]:
         try:
-            response = await get_following_redirects(self.http, url, self.guard)
+            hosts = self.legacy.allowed_hosts
+            response = await get_following_redirects(self.http, url, self.guard, hosts)
             async with response:
                 self._check_status(response, url)
                 return await self._read_capped(response, url), response.content_type
         except Refused as exc:
             raise ItemError(ErrorCode.SOURCE_NOT_ALLOWED, f"s3_path refused: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise SourceUnavailable(f"downloading {url[:200]}: {exc!r}") from exc
+            # from None: the aiohttp error repeats the URL, signature included, and a
+            # logged traceback would print it.
+            shown = redact_url(url)
+            raise SourceUnavailable(f"downloading {shown}: {redact_text(repr(exc))}") from None
 
     @staticmethod
     def _check_status(response: aiohttp.ClientResponse, url: str) -> None:
         if response.status >= 500 or response.status in (408, 429):
-            raise SourceUnavailable(f"downloading {url[:200]}: HTTP {response.status}")
+            raise SourceUnavailable(f"downloading {redact_url(url)}: HTTP {response.status}")
         if response.status != 200:
             raise ItemError(
-                ErrorCode.OBJECT_NOT_FOUND, f"downloading {url[:200]}: HTTP {response.status}"
+                ErrorCode.OBJECT_NOT_FOUND, f"downloading {redact_url(url)}: HTTP {response.status}"
             )
 
     async def _read_capped(self, response: aiohttp.ClientResponse, url: str) -> bytes:
@@ -138,13 +145,14 @@ class SourceResolver:
         if response.content_length is not None and response.content_length > limit:
             raise ItemError(
                 ErrorCode.IMAGE_TOO_LARGE,
-                f"{url[:200]} is {response.content_length:,} bytes, over {limit:,}",
+                f"{redact_url(url)} is {response.content_length:,} bytes, over {limit:,}",
             )
         data = bytearray()
         async for chunk in response.content.iter_chunked(_CHUNK):
             data += chunk
             if len(data) > limit:
                 raise ItemError(
-                    ErrorCode.IMAGE_TOO_LARGE, f"{url[:200]} is over {limit:,} bytes (stopped)"
+                    ErrorCode.IMAGE_TOO_LARGE,
+                    f"{redact_url(url)} is over {limit:,} bytes (stopped)",
                 )
         return bytes(data)

@@ -4,6 +4,8 @@ Legacy jobs name URLs (an image to download, a callback to call) that the adapte
 requests from inside the deployment. A URL is allowed only when:
 
 - its scheme is http or https;
+- where a host allow-list applies (downloads: ``legacy.allowed_hosts``), its host is on
+  it, and so is every redirect hop's;
 - every address its host resolves to is public, or inside ``allowed_networks``.
   Link-local addresses (169.254.0.0/16, fe80::/10: cloud metadata services) are refused
   even when listed; so are multicast, reserved and unspecified ones. IPv4-mapped IPv6
@@ -13,20 +15,25 @@ The check runs inside the HTTP client's DNS resolver (``GuardedResolver``), so t
 addresses checked are the ones connected to: a name that resolves differently on a
 second lookup (DNS rebinding) gains nothing. Hosts given as IP literals skip resolvers,
 so ``check_url`` judges them up front; redirects are followed by hand
-(``get_following_redirects``) so every hop is checked the same way.
+(``get_following_redirects``) so every hop is checked the same way. Downloads and
+callbacks each get their own guard (``legacy.download_networks``,
+``legacy.callback_networks``): a private range opened for callbacks is not reachable by
+a download that redirects into it. Messages show URLs redacted (``consumers/redact.py``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
+
+from consumers.redact import redact_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SCHEMES = ("http", "https")
@@ -38,11 +45,11 @@ class Refused(Exception):
 
 
 class AddressGuard:
-    def __init__(self, allowed_networks: Iterable[str] = ()) -> None:
+    def __init__(self, allowed_networks: Iterable[str] = (), setting: str = "networks") -> None:
         try:
             self.allowed = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
         except ValueError as exc:
-            raise ValueError(f"legacy.allowed_networks: {exc}") from exc
+            raise ValueError(f"legacy.{setting}: {exc}") from exc
 
     def check(self, address: str | IPAddress, host: str = "") -> None:
         ip = ipaddress.ip_address(address) if isinstance(address, str) else address
@@ -70,13 +77,25 @@ def _literal(host: str) -> IPAddress | None:
         return None
 
 
-def check_url(url: str | URL, guard: AddressGuard) -> URL:
-    """The parsed URL when its scheme is allowed and an IP-literal host passes the guard."""
+def host_allowed(host: str, allowed: Sequence[str]) -> bool:
+    """Exact host names, or ``*.example.com`` for every subdomain of example.com."""
+    host = host.lower().rstrip(".")
+    for entry in (a.lower().rstrip(".") for a in allowed):
+        if host == entry or (entry.startswith("*.") and host.endswith(entry[1:])):
+            return True
+    return False
+
+
+def check_url(url: str | URL, guard: AddressGuard, hosts: Sequence[str] | None = None) -> URL:
+    """The parsed URL when its scheme is allowed, its host is in ``hosts`` (``None``: any
+    host) and an IP-literal host passes the guard."""
     parsed = url if isinstance(url, URL) else URL(url)
     if parsed.scheme not in SCHEMES:
         raise Refused(f"scheme {parsed.scheme or 'none'!r} is not allowed (http or https only)")
     if not parsed.host:
-        raise Refused(f"{str(parsed)[:200]!r} has no host")
+        raise Refused(f"{redact_url(parsed)!r} has no host")
+    if hosts is not None and not host_allowed(parsed.host, hosts):
+        raise Refused(f"host {parsed.host[:200]!r} is not in legacy.allowed_hosts")
     literal = _literal(parsed.host)
     if literal is not None:
         guard.check(literal)
@@ -113,15 +132,20 @@ def guarded_session(guard: AddressGuard, timeout_s: float) -> aiohttp.ClientSess
 
 
 async def get_following_redirects(
-    session: aiohttp.ClientSession, url: str, guard: AddressGuard, **kwargs: Any
+    session: aiohttp.ClientSession,
+    url: str,
+    guard: AddressGuard,
+    hosts: Sequence[str] | None = None,
+    **kwargs: Any,
 ) -> aiohttp.ClientResponse:
-    """GET with redirects followed by hand, each hop checked; the caller releases it."""
-    target = check_url(url, guard)
+    """GET with redirects followed by hand, each hop checked against the guard and the
+    same host allow-list as ``url``; the caller releases the response."""
+    target = check_url(url, guard, hosts)
     for _ in range(MAX_REDIRECTS + 1):
         response = await session.get(target, allow_redirects=False, **kwargs)
         location = response.headers.get("Location")
         if response.status not in (301, 302, 303, 307, 308) or not location:
             return response
         response.release()
-        target = check_url(target.join(URL(location)), guard)
-    raise Refused(f"more than {MAX_REDIRECTS} redirects from {url[:200]}")
+        target = check_url(target.join(URL(location)), guard, hosts)
+    raise Refused(f"more than {MAX_REDIRECTS} redirects from {redact_url(url)}")

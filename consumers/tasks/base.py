@@ -16,9 +16,12 @@ from typing import Any, ClassVar, Generic, TypeVar
 from PIL import Image
 
 from consumers.encoders.base import Encoder
+from consumers.keys import id_of, vector_id
 from consumers.results import Stopwatch
 from consumers.store import VectorStore
 from schemas.events import ImageSubmitted
+
+__all__ = ["ImageTask", "Job", "register_task", "stamp", "strip_tenant", "task_class", "vector_id"]
 
 Prepared = TypeVar("Prepared")
 Output = TypeVar("Output")
@@ -40,13 +43,9 @@ class Job(Generic[Prepared]):
         return self.event.collection or ""
 
 
-def vector_id(image_id: str, tenant: str) -> str:
-    """The primary key: the image id, scoped by tenant so tenants never overwrite each other."""
-    return f"{tenant}/{image_id}" if tenant else image_id
-
-
 def strip_tenant(key: str, tenant: str) -> str:
-    return key.removeprefix(f"{tenant}/") if tenant else key
+    """The id in a primary key of ``tenant`` (``consumers/keys.py``: injective)."""
+    return id_of(key, tenant)
 
 
 class ImageTask(ABC, Generic[Prepared, Output]):
