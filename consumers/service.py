@@ -33,6 +33,7 @@ from consumers.store import VectorStore
 from consumers.subscribe import batch_subscriber
 from consumers.tasks import task_class
 from schemas.events import ImageSubmitted, TaskResult, dump
+from schemas.people import PersonChanged, person_key
 from schemas.topics import Topics
 
 log = logging.getLogger("imagestream.consumer")
@@ -61,6 +62,12 @@ class ConsumerService:
             title="dlq",
             description="Bad input: the original key, bytes and headers + imagestream.dlq.* "
             "headers (see consumers/dlq.py).",
+        )
+        self.people = self.broker.publisher(
+            self.topics.people,
+            schema=PersonChanged,
+            title="people",
+            description="How the face task groups faces into persons; key = [tenant/]person id.",
         )
         # The gateway's embeddings and labels are served where the CLIP model lives.
         self.rpc = EncoderRpc(self.broker, self.topics, settings) if "clip" in self.tasks else None
@@ -159,6 +166,8 @@ class ConsumerService:
             "stopping: Kafka consumers and producer closed after %.1fs", perf_counter() - started
         )
         await self._s3.close()
+        for pipeline in self.pipelines.values():
+            pipeline.task.close()
         for store in self._stores:
             store.close()
         if self._pools is not None:
@@ -195,6 +204,12 @@ class ConsumerService:
             self.results.publish(dump(d.result), key=d.result.image_id.encode(), headers=headers)
             for d in delivered
         ]
+        if task in self.pipelines:
+            changes = self.pipelines[task].task.people_events([d.result for d in delivered])
+            sends += [
+                self.people.publish(dump(c), key=person_key(c.tenant, c.person_id), headers=headers)
+                for c in changes
+            ]
         letters = [letter for d in delivered if (letter := dead_letter(d)) is not None]
         if self.settings.delivery.dlq:
             sends += [self.dlq.publish(x.value, key=x.key, headers=x.headers) for x in letters]

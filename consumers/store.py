@@ -54,6 +54,16 @@ class VectorRow:
     tenant: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def stored(cls, row: Mapping[str, Any]) -> VectorRow:
+        """A row as ``get`` or ``scan`` return it (every field in FIELDS), to write back."""
+        meta = row["metadata"] or {}
+        return cls(
+            id=str(row["id"]), image_id=str(row["image_id"]), uri=str(row["uri"]),
+            tenant=str(row["tenant"]), vector=np.asarray(row["vector"], dtype=np.float32),
+            metadata={str(k): str(v) for k, v in meta.items() if v is not None},
+        )  # fmt: skip
+
 
 class VectorStore:
     """One Milvus collection: COSINE vectors keyed by a VARCHAR id, tenant as partition key.
@@ -202,6 +212,23 @@ class VectorStore:
         )
         by_id = {str(row["id"]): {name: row.get(name) for name in FIELDS} for row in found}
         return [by_id[i] for i in ids if i in by_id]
+
+    def scan(self, tenant: str, fields: Sequence[str], batch: int = 1000) -> list[dict[str, Any]]:
+        """Every row of one tenant (a query iterator: no 16,384-row query window)."""
+        if self._client is None:
+            raise RuntimeError("VectorStore is not open: call open() or use it as a context")
+        rows: list[dict[str, Any]] = []
+        with translate_errors():
+            found = self._client.query_iterator(
+                self.collection, batch_size=batch, filter=filter_expr(tenant, None),
+                output_fields=list(fields), timeout=self.timeout_s,
+            )  # fmt: skip
+            try:
+                while page := found.next():
+                    rows.extend({name: row.get(name) for name in fields} for row in page)
+            finally:
+                found.close()
+        return rows
 
     def _connect(self) -> MilvusClient:
         uri = self.settings.uri

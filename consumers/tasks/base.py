@@ -10,6 +10,7 @@ store thread), which fills each job's result fields.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -18,7 +19,8 @@ from PIL import Image
 from consumers.encoders.base import Encoder
 from consumers.results import Stopwatch
 from consumers.store import VectorStore
-from schemas.events import ImageSubmitted
+from schemas.events import ImageSubmitted, TaskResult
+from schemas.people import PersonChanged
 
 Prepared = TypeVar("Prepared")
 Output = TypeVar("Output")
@@ -92,6 +94,14 @@ class ImageTask(ABC, Generic[Prepared, Output]):
     @abstractmethod
     def store_and_search(self, jobs: list[Job[Prepared]], outputs: list[Output]) -> None:
         """Write to Milvus, search, set each job's result ``fields``; stamp index/search."""
+
+    def people_events(self, results: Sequence[TaskResult]) -> list[PersonChanged]:
+        """Events for ``people.v1`` that these results' images caused (the face task's),
+        published with the results, before their offsets are committed."""
+        return []
+
+    def close(self) -> None:
+        """Release what the task opened itself (the service closes the vector store)."""
 
 
 def stamp(jobs: list[Job[Any]], stage: str, millis: float) -> None:
