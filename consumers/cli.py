@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     from consumers.dlq import add_command as add_dlq_command
 
     add_dlq_command(sub)  # dlq replay
+    from consumers.people.cli import add_command as add_people_command
+
+    add_people_command(sub)  # people recluster
     from loadtest.cli import add_commands
 
     add_commands(sub)  # loadtest, bench

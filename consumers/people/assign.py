@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from consumers.encoders.deepface_env import use_deepface
 from consumers.encoders.weights import RANDOM_PREFIX
 from consumers.people.registry import PERSON_KEY, Decisions, Registry, new_person_id, with_person
 from consumers.settings import MilvusSettings, PeopleSettings
@@ -239,6 +240,7 @@ def same_person_threshold(model_spec: str, settings: PeopleSettings) -> float:
     1 - DeepFace's tuned cosine distance for the model (random:<model> uses the model's)."""
     if settings.threshold is not None:
         return settings.threshold
+    use_deepface(None)  # on the PyTorch backend, as the encoder runs it
     from deepface.modules.verification import find_threshold
 
     return 1.0 - float(find_threshold(model_spec.removeprefix(RANDOM_PREFIX), "cosine"))

@@ -115,7 +115,6 @@ class Book:
 
     def _read(self, tenant: str) -> tuple[Decisions, dict[str, Person]]:
         faces = self._open()
-        self.registry.open()
         decisions = self.registry.decisions(tenant)
         found: dict[str, Person] = {}
         for row in faces.scan(tenant, FACE_FIELDS) if faces is not None else []:

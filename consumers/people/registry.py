@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass, field, replace
 
 from consumers.settings import MilvusSettings, PeopleSettings
@@ -69,18 +70,23 @@ class Decisions:
 
 
 class Registry:
-    """The people collection; blocking, like VectorStore (call it from a thread)."""
+    """The people collection, opened on first use; blocking, like VectorStore (call it
+    from a thread; calls from several threads are fine)."""
 
     def __init__(self, milvus: MilvusSettings, settings: PeopleSettings) -> None:
         self.store = VectorStore(milvus, settings.collection, dim=len(_VECTOR))
+        self._lock = threading.Lock()  # VectorStore.open must not race other calls
 
     def open(self) -> None:
-        self.store.open()
+        with self._lock:
+            self.store.open()
 
     def close(self) -> None:
-        self.store.close()
+        with self._lock:
+            self.store.close()
 
     def decisions(self, tenant: str) -> Decisions:
+        self.open()
         found = Decisions()
         for row in self.store.scan(tenant, ["id", "metadata"]):
             person, meta = strip_tenant(str(row["id"]), tenant), row.get("metadata") or {}
@@ -102,6 +108,7 @@ class Registry:
         removed: set[str] | None = None,
     ) -> None:
         """Add decisions to one person's row (read, change, write the whole row)."""
+        self.open()
         key = vector_id(person, tenant)
         (old,) = self.store.get([key]) or [{"metadata": {}}]
         meta = dict(old.get("metadata") or {})
