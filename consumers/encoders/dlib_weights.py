@@ -5,8 +5,8 @@
 (what DeepFace's ``dlib`` detector loads). Its ``__init__`` imports ``pkg_resources``,
 which current setuptools no longer ships, so the folder is found from the import spec
 without importing the package. DeepFace reads weights from ``<home>/.deepface/weights``;
-``deepface_env.find_weights`` looks in this folder after that one, so an operator's own
-file still wins and nothing is copied.
+``deepface_env.find_weights`` looks in this folder after the configured ones, so an
+operator's own file still wins and nothing is copied.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from consumers.encoders.deepface_env import (
     weights_dir,
     weights_from,
 )
-from consumers.encoders.dlib_weights import DLIB_MODEL, dlib_descriptors, packaged_weights_dir
+from consumers.encoders.dlib_weights import DLIB_MODEL, dlib_descriptors
 from consumers.encoders.face_detect import Box, Detected, Detector, DetectorPool, detect_faces
 from consumers.encoders.weights import (
     RANDOM_PREFIX,
@@ -78,8 +78,7 @@ class FaceEncoder(Encoder):
     def _load_spec(self, spec: str) -> Any:
         """The recognition model and the detectors for ``spec``, or one ModelLoadError line."""
         home = self.face.deepface_home
-        # The operator's folder first; dlib's models from face-recognition-models after it.
-        folders = [weights_dir(home), *filter(None, [packaged_weights_dir()])]
+        folders = [weights_dir(home)]
         try:
             use_deepface(home)
             model_name = spec.removeprefix(RANDOM_PREFIX)
