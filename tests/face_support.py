@@ -16,9 +16,9 @@ from loadtest.face_bench import two_face_photo
 
 __all__ = ["face_model_cache", "photo_versions", "random_deepface_home", "two_face_photo"]
 
-# Two people: skimage's astronaut (Eileen Collins) and cameraman. Each entry is one
+# Two people: skimage's astronaut (Eileen Collins) and cameraman. Each version is one
 # edit a photo library meets: a mirrored copy, a crop, a thumbnail, exposure, a
-# recompressed JPEG, a slightly rotated scan.
+# recompressed JPEG, a slightly rotated scan (``darker`` is left for a later photo).
 PEOPLE = {"astronaut": (100, 0, 400, 300), "camera": (150, 30, 400, 280)}
 VERSIONS = ("original", "mirror", "crop", "half", "brighter", "jpeg40", "rotated5")
 
@@ -57,6 +57,7 @@ def photo_versions(person: str, names: tuple[str, ...] = VERSIONS) -> dict[str, 
             (photo.width // 2, photo.height // 2), Image.Resampling.LANCZOS
         ),
         "brighter": lambda: ImageEnhance.Brightness(photo).enhance(1.2),
+        "darker": lambda: ImageEnhance.Brightness(photo).enhance(0.75),
         "jpeg40": lambda: _recompressed(photo, 40),
         "rotated5": lambda: photo.rotate(5, Image.Resampling.BICUBIC, fillcolor=(128, 128, 128)),
     }

@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from consumers.gateway.server import running_gateway
 from consumers.ingest import result_reader
 from consumers.kafka import client_kwargs, started
 from consumers.launcher import running_consumers
@@ -55,14 +57,17 @@ async def test_two_people_become_exactly_two_persons_and_names_survive_recluster
 ) -> None:
     truth, events = await _photos(settings)
     book = Book(settings)
-    async with running_consumers(settings, ["face"]), _people_reader(settings) as changes:
-        async with result_reader(settings) as reader:
-            await produce_events(settings, events)
-            results = await collect(reader, len(events), timeout_s=120)
-            persons = _stored(book)
-            # A redelivered event (same image, same event id) keeps the face's person.
-            await produce_events(settings, [events[0]])
-            (again,) = await collect(reader, 1, timeout_s=60)
+    async with (
+        running_consumers(settings, ["face"]),
+        _people_reader(settings) as changes,
+        result_reader(settings) as reader,
+    ):
+        await produce_events(settings, events)
+        results = await collect(reader, len(events), timeout_s=120)
+        persons = _stored(book)
+        # A redelivered event (same image, same event id) keeps the face's person.
+        await produce_events(settings, [events[0]])
+        (again,) = await collect(reader, 1, timeout_s=60)
         followed = await _read_changes(changes, set(truth))
         try:
             assert len(persons) == 2
@@ -75,19 +80,68 @@ async def test_two_people_become_exactly_two_persons_and_names_survive_recluster
             )
             told = {f for c in followed if c.change in _JOINED for f in c.face_ids}
             assert told == set(truth)  # a follower of people.v1 learns every face's person
-
-            astronaut = next(p for p, faces in persons.items() if truth[faces[0]] == "astronaut")
-            book.rename(TENANT, astronaut, "Eileen Collins")
-            _split_one_face(book, persons[astronaut][-1])
-            assert len(_stored(book)) == 3
-            done = await recluster_tenant(settings, TENANT)
-            assert done.changed == 1  # the split-off face is back
-            after = {p.person_id: p for p in book.people(TENANT)}
-            assert set(after) == set(persons)
-            assert after[astronaut].name == "Eileen Collins"
-            assert sorted(f.face_id for f in after[astronaut].faces) == sorted(persons[astronaut])
+            by_who = {truth[faces[0]]: p for p, faces in persons.items()}
+            await _recluster_keeps_names(settings, book, by_who["astronaut"], persons)
+            await _merge_and_remove_over_http(settings, reader, by_who, events)
         finally:
             book.close()
+
+
+async def _recluster_keeps_names(
+    settings: Settings, book: Book, astronaut: str, persons: dict[str, list[str]]
+) -> None:
+    book.rename(TENANT, astronaut, "Eileen Collins")
+    _split_one_face(book, persons[astronaut][-1])
+    assert len(_stored(book)) == 3
+    done = await recluster_tenant(settings, TENANT)
+    assert done.changed == 1  # the split-off face is back
+    after = {p.person_id: p for p in book.people(TENANT)}
+    assert set(after) == set(persons)
+    assert after[astronaut].name == "Eileen Collins"
+    assert sorted(f.face_id for f in after[astronaut].faces) == sorted(persons[astronaut])
+
+
+async def _merge_and_remove_over_http(
+    settings: Settings,
+    reader: AIOKafkaConsumer,
+    by_who: dict[str, str],
+    events: list[ImageSubmitted],
+) -> None:
+    """A merge made through the gateway holds for a face assigned after it; a face taken
+    out stays out when its image is processed again."""
+    astronaut, camera = by_who["astronaut"], by_who["camera"]
+    folder = events[0].uri.rpartition("/")[0]
+    later = event("camera-darker", f"{folder}/camera-darker.jpg", collection=TENANT)
+    darker = photo_versions("camera", ("darker",))["darker"]
+    await upload(settings, {later.bucket_key()[1]: jpeg(darker)})
+    query = f"?collection={TENANT}"
+    async with (
+        running_gateway(settings, any_port_if_busy=True) as gateway,
+        aiohttp.ClientSession(gateway.url) as http,
+    ):
+        async with http.post(
+            f"/v1/people/{astronaut}/merge{query}", json={"people": [camera]}
+        ) as answer:
+            assert answer.status == 200, await answer.text()
+        await produce_events(settings, [later])
+        (result,) = await collect(reader, 1, timeout_s=60)
+        assert (result.faces or [])[0].person_id == astronaut  # not the merged-away id
+        async with http.get(f"/v1/people{query}") as answer:
+            listed = (await answer.json())["people"]
+        assert [(p["person_id"], p["name"], p["face_count"]) for p in listed] == [
+            (astronaut, "Eileen Collins", 9)
+        ]
+        async with http.delete(f"/v1/people/{astronaut}/faces/camera-darker%230{query}") as answer:
+            assert answer.status == 200, await answer.text()
+        await produce_events(settings, [later])  # the same image again
+        (again,) = await collect(reader, 1, timeout_s=60)
+        assert (again.faces or [])[0].person_id is None
+        async with http.get(f"/v1/people/{camera}{query}") as answer:
+            shown = await answer.json()
+        assert shown["person_id"] == astronaut
+        assert "camera-darker" not in shown["image_ids"]
+        async with http.get(f"/v1/people/p-none{query}") as answer:
+            assert answer.status == 404
 
 
 _JOINED = (PersonChange.CREATED, PersonChange.FACES_ASSIGNED)

@@ -30,10 +30,11 @@ import numpy as np
 
 from consumers.encoders.deepface_env import use_deepface
 from consumers.encoders.weights import RANDOM_PREFIX
+from consumers.keys import strip_tenant, vector_id
 from consumers.people.registry import PERSON_KEY, Decisions, Registry, new_person_id, with_person
 from consumers.settings import MilvusSettings, PeopleSettings
 from consumers.store import VectorRow, VectorStore
-from consumers.tasks.base import Job, strip_tenant, vector_id
+from consumers.tasks.base import Job
 from schemas.events import Neighbor
 from schemas.people import PersonChange, PersonChanged, change_id
 

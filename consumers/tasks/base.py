@@ -17,10 +17,13 @@ from typing import Any, ClassVar, Generic, TypeVar
 from PIL import Image
 
 from consumers.encoders.base import Encoder
+from consumers.keys import strip_tenant, vector_id
 from consumers.results import Stopwatch
 from consumers.store import VectorStore
 from schemas.events import ImageSubmitted, TaskResult
 from schemas.people import PersonChanged
+
+__all__ = ["ImageTask", "Job", "register_task", "stamp", "strip_tenant", "task_class", "vector_id"]
 
 Prepared = TypeVar("Prepared")
 Output = TypeVar("Output")
@@ -40,15 +43,6 @@ class Job(Generic[Prepared]):
     @property
     def tenant(self) -> str:
         return self.event.collection or ""
-
-
-def vector_id(image_id: str, tenant: str) -> str:
-    """The primary key: the image id, scoped by tenant so tenants never overwrite each other."""
-    return f"{tenant}/{image_id}" if tenant else image_id
-
-
-def strip_tenant(key: str, tenant: str) -> str:
-    return key.removeprefix(f"{tenant}/") if tenant else key
 
 
 class ImageTask(ABC, Generic[Prepared, Output]):

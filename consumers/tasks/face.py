@@ -25,6 +25,7 @@ from PIL import Image
 
 from consumers.encoders.base import Encoder, Vectors
 from consumers.encoders.face import FaceCrop, FaceEncoder
+from consumers.keys import face_id, image_of
 from consumers.results import since
 from consumers.store import VectorRow, VectorStore
 from consumers.tasks.base import ImageTask, Job, register_task, stamp, strip_tenant, vector_id
@@ -36,15 +37,6 @@ if TYPE_CHECKING:  # consumers.people imports this package
 
 FaceJob = Job[list[FaceCrop]]
 MODEL_KEY = "face_model"  # on each face row: the model that made the vector
-
-
-def face_id(image_id: str, n: int) -> str:
-    return f"{image_id}#{n}"
-
-
-def image_of(face_key: str) -> str:
-    """The image id inside a face id (image ids may contain '#'; n never does)."""
-    return face_key.rpartition("#")[0]
 
 
 @register_task
