@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -117,15 +118,16 @@ def test_two_consumers_founding_one_cluster_at_once_agree_on_its_person(
     faces.upsert([_row(n) for n in cluster])  # both batches upserted, then searched
     barrier = threading.Barrier(2)
     consumers = [_assigner(cast(VectorStore, _Together(faces, barrier)), milvus) for _ in "xy"]
+    for consumer in consumers:
+        consumer.registry.open()  # started consumers: the people collection exists
     halves = [(cluster[:2], cluster[2:]), (cluster[2:], cluster[:2])]
-    threads = [
-        threading.Thread(target=c.assign, args=("", _faces(mine, theirs)))
-        for c, (mine, theirs) in zip(consumers, halves, strict=True)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    with ThreadPoolExecutor(2) as pool:
+        runs = [
+            pool.submit(c.assign, "", _faces(mine, theirs))
+            for c, (mine, theirs) in zip(consumers, halves, strict=True)
+        ]
+        for run in runs:
+            run.result(timeout=60)  # re-raises what failed in the thread
     # Each founded from the smallest face it saw, a1#0 for both: one id.
     assert len(set(_persons(faces, cluster).values())) == 1
 
