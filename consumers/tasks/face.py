@@ -9,7 +9,7 @@ in *other* images: users ask "where else does this person appear?", and the othe
 of the same photo are other people (or the face itself). An image without a face is an
 ``ok`` result with ``faces: []``. With ``face.people.enabled`` each face is then assigned
 a person from those neighbours (``consumers/people/assign.py``); its row keeps the
-``person_id``, and the changes wait in ``events`` for the results' publish.
+``person_id``, and the changes wait in ``people_events`` for the results' publish.
 """
 
 from __future__ import annotations
