@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     from consumers.api_keys import add_command as add_keys_command
 
     add_keys_command(sub)  # keys create
+    from consumers.people.cli import add_command as add_people_command
+
+    add_people_command(sub)  # people recluster
     from loadtest.cli import add_commands
 
     add_commands(sub)  # loadtest, bench

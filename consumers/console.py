@@ -11,7 +11,10 @@ def format_result(result: TaskResult) -> str:
         return f"{head} {result.error.code.value}: {result.error.message}"
     done = f"{head} model={result.model} total={result.timings.total:.0f}ms"
     if result.faces is not None:
-        faces = "; ".join(f"{f.face_id} -> {_near(f.neighbors)}" for f in result.faces)
+        faces = "; ".join(
+            f"{f.face_id} [{f.person_id or 'no person yet'}] -> {_near(f.neighbors)}"
+            for f in result.faces
+        )
         return f"{done}  faces: {faces or '(no face)'}"
     if result.caption is not None:
         return f"{done}  caption: {result.caption!r}"

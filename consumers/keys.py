@@ -17,6 +17,7 @@ parts first, so a key decodes to exactly one (tenant, id) pair:
 - Encoder calls (RPC) stage under ``{prefix}/rpc/`` (``rpc_key``): random names, deleted
   after the answer, readable by encoder calls only.
 - ``StagingAreas.check`` refuses an event another tenant's staged object.
+- Face ids (``face_id``) are ``{image id}#{n}``, keyed like any id by ``vector_id``.
 - Result lookups use the tuple ``(tenant, image id)`` as the key (gateway/cache.py).
 """
 
@@ -63,6 +64,21 @@ def id_of(key: str, tenant: str) -> str:
             raise ValueError(f"key {key[:200]!r} is not one of tenant {tenant[:64]!r}'s")
         return unescape(tail)
     return unescape(key)
+
+
+def strip_tenant(key: str, tenant: str) -> str:
+    """The id in a primary key of ``tenant`` (``id_of``, under the name tasks use)."""
+    return id_of(key, tenant)
+
+
+def face_id(image_id: str, n: int) -> str:
+    """The id of an image's n-th face (its primary key is ``vector_id`` of this)."""
+    return f"{image_id}#{n}"
+
+
+def image_of(face_key: str) -> str:
+    """The image id inside a face id (image ids may contain '#'; n never does)."""
+    return face_key.rpartition("#")[0]
 
 
 def _component(part: str) -> str:

@@ -29,11 +29,12 @@ from schemas.topics import Topics
 log = logging.getLogger("imagestream")
 # Without internet the configured hub model cannot load; the embedded stack then runs
 # on random weights of the same architecture rather than not at all (said in one line).
-# Faces likewise when the DeepFace weight file is missing (`consume` stops instead).
+# Faces fall back to dlib's real model instead, which `make install` ships in the
+# face-recognition-models wheel (`consume` stops instead).
 DEV_FALLBACKS = {
     "clip": "random:vit-b-32",
     "dinov2": "random:small",
-    "face": "random:GhostFaceNet",
+    "face": "Dlib",
     "caption": "random:blip-base",
 }
 # Off by default (a production consumer needs real weights only where faces are wanted),

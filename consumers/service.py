@@ -34,7 +34,8 @@ from consumers.settings import Settings
 from consumers.store import VectorStore
 from consumers.subscribe import batch_subscriber
 from consumers.tasks import task_class
-from schemas.events import ImageSubmitted, TaskResult
+from schemas.events import ImageSubmitted, TaskResult, dump
+from schemas.people import PersonChanged, person_key
 from schemas.topics import Topics
 
 log = logging.getLogger("imagestream.consumer")
@@ -63,6 +64,12 @@ class ConsumerService:
             title="dlq",
             description="Bad input: the original key, bytes and headers + imagestream.dlq.* "
             "headers (see consumers/dlq.py).",
+        )
+        self.people = self.broker.publisher(
+            self.topics.people,
+            schema=PersonChanged,
+            title="people",
+            description="How the face task groups faces into persons; key = [tenant/]person id.",
         )
         # The gateway's embeddings and labels are served where the CLIP model lives.
         self.rpc = EncoderRpc(self.broker, self.topics, settings) if "clip" in self.tasks else None
@@ -162,6 +169,8 @@ class ConsumerService:
             "stopping: Kafka consumers and producer closed after %.1fs", perf_counter() - started
         )
         await self._s3.close()
+        for pipeline in self.pipelines.values():
+            pipeline.task.close()
         for store in self._stores:
             store.close()
         if self._pools is not None:
@@ -194,6 +203,13 @@ class ConsumerService:
     async def _publish(self, task: str, delivered: list[Delivered]) -> None:
         """Every result, and a DLQ record for bad input; returns once Kafka acked all."""
         sends = [publish_result(self.results, d.result) for d in delivered]
+        if task in self.pipelines:
+            changes = self.pipelines[task].task.people_events([d.result for d in delivered])
+            headers = {"content-type": "application/json"}
+            sends += [
+                self.people.publish(dump(c), key=person_key(c.tenant, c.person_id), headers=headers)
+                for c in changes
+            ]
         letters = [letter for d in delivered if (letter := dead_letter(d)) is not None]
         if self.settings.delivery.dlq:
             sends += [self.dlq.publish(x.value, key=x.key, headers=x.headers) for x in letters]

@@ -25,6 +25,7 @@ from consumers.task_settings import (
     Dinov2Settings,
     FaceSettings,
     LabelsSettings,
+    PeopleSettings,
     SearchSettings,
     TaskSettings,
     ZeroShotSettings,
@@ -35,8 +36,8 @@ __all__ = [
     "RUNTIME_DIR", "STACK_ENV", "WEARABLE", "CaptionSettings", "ClassifySettings",
     "ClipSettings", "DecodeSettings", "DeliverySettings", "Dinov2Settings", "FaceSettings",
     "GatewaySettings", "KafkaSettings", "LabelsSettings", "LegacySettings",
-    "MetricsSettings", "MilvusSettings", "S3Settings", "SearchSettings", "Settings",
-    "TaskSettings", "ZeroShotSettings", "get_settings",
+    "MetricsSettings", "MilvusSettings", "PeopleSettings", "S3Settings", "SearchSettings",
+    "Settings", "TaskSettings", "ZeroShotSettings", "get_settings",
 ]  # fmt: skip
 STACK_ENV = RUNTIME_DIR / "stack.env"
 

@@ -44,6 +44,7 @@ TENANT_MAX_BYTES = 256
 # rows, 4.4 every 1024, 3.9 every 512 or 256 (docs/performance.md).
 LITE_FLUSH_EVERY_ROWS = 512
 SERVER_PREFIXES = ("http://", "https://", "tcp://", "unix:")
+QUERY_WINDOW = 16_384  # Milvus's largest offset + limit for one query
 INDEX_BUILD_PARAMS = {"HNSW": {"M": 16, "efConstruction": 200}, "IVF_FLAT": {"nlist": 1024}}
 FIELDS = ["id", "image_id", "uri", "tenant", "metadata", "vector"]
 
@@ -59,6 +60,16 @@ class VectorRow:
     vector: Vector
     tenant: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def stored(cls, row: Mapping[str, Any]) -> VectorRow:
+        """A row as ``get`` or ``scan`` return it (every field in FIELDS), to write back."""
+        meta = row["metadata"] or {}
+        return cls(
+            id=str(row["id"]), image_id=str(row["image_id"]), uri=str(row["uri"]),
+            tenant=str(row["tenant"]), vector=np.asarray(row["vector"], dtype=np.float32),
+            metadata={str(k): str(v) for k, v in meta.items() if v is not None},
+        )  # fmt: skip
 
 
 class VectorStore:
@@ -210,6 +221,32 @@ class VectorStore:
         )
         by_id = {str(row["id"]): {name: row.get(name) for name in FIELDS} for row in found}
         return [by_id[i] for i in ids if i in by_id]
+
+    def scan(self, tenant: str, fields: Sequence[str]) -> list[dict[str, Any]]:
+        """Every row of one tenant: one query, or a query iterator past Milvus's window."""
+        expr = filter_expr(tenant, None)
+        rows = self._call(
+            "query", filter=expr, output_fields=list(fields), limit=QUERY_WINDOW,
+            consistency_level="Strong",
+        )  # fmt: skip
+        if len(rows) >= QUERY_WINDOW:
+            rows = self._iterate(expr, fields)
+        return [{name: row.get(name) for name in fields} for row in rows]
+
+    def _iterate(self, expr: str, fields: Sequence[str]) -> list[dict[str, Any]]:
+        assert self._client is not None  # _call checked
+        rows: list[dict[str, Any]] = []
+        with translate_errors():
+            found = self._client.query_iterator(
+                self.collection, batch_size=1000, filter=expr, output_fields=list(fields),
+                timeout=self.timeout_s,
+            )  # fmt: skip
+            try:
+                while page := found.next():
+                    rows.extend(page)
+            finally:
+                found.close()
+        return rows
 
     def _connect(self) -> MilvusClient:
         uri = self.settings.uri

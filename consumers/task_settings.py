@@ -35,6 +35,26 @@ class ClipSettings(TaskSettings):
     collection: str = "clip_images"
 
 
+class PeopleSettings(BaseModel):
+    """Faces grouped into persons as they arrive (consumers/people/, docs/faces.md)."""
+
+    enabled: bool = Field(default=True, description="Assign each face a person_id.")
+    min_faces: int = Field(
+        default=3, ge=1, description="Similar faces (this one included) that found a person."
+    )
+    threshold: float | None = Field(
+        default=None,
+        gt=-1,
+        lt=1,
+        description="Cosine similarity at or above which two faces are the same person; "
+        "unset = DeepFace's verification threshold for the model (Dlib: 0.93).",
+    )
+    neighbours: int = Field(
+        default=20, ge=1, description="Nearest faces looked at per face, whatever top_k asks."
+    )
+    collection: str = Field(default="people", description="Names, merges and removals.")
+
+
 class FaceSettings(TaskSettings):
     """Every face of every image: DeepFace detection, then one batched recognition call."""
 
@@ -65,6 +85,7 @@ class FaceSettings(TaskSettings):
         default="base", description="DeepFace input normalization (base, ArcFace, Facenet, ...)."
     )
     collection: str = "faces"
+    people: PeopleSettings = Field(default_factory=PeopleSettings)
 
 
 class Dinov2Settings(TaskSettings):

@@ -166,6 +166,11 @@ class Face(BaseModel):
     neighbors: list[Neighbor] = Field(
         default_factory=list, description="The most similar faces in other images, best first."
     )
+    person_id: str | None = Field(
+        default=None,
+        description="The person this face belongs to (stable within the tenant); null while "
+        "too few similar faces have been seen to found one.",
+    )
 
 
 class Label(BaseModel):
@@ -265,11 +270,14 @@ def result_id(source_event_id: str, task: str) -> str:
 
 
 def schema_models() -> dict[str, type[BaseModel]]:
+    from schemas.people import PersonChanged  # imports this module
+
     return {
         "ImageSubmitted": ImageSubmitted,
         "TextQuery": TextQuery,
         "TaskResult": TaskResult,
         "CallbackFailed": CallbackFailed,
+        "PersonChanged": PersonChanged,
     }
 
 

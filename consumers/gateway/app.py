@@ -13,6 +13,7 @@ request/reply, so the GPU stays there. Every error is a typed JSON body
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -180,13 +181,16 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
     live = runtime or GatewayRuntime(settings)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.check_exposure()  # no keys on a network address: refuse to start
+    async def lifespan(served: FastAPI) -> AsyncIterator[None]:
+        served.state.check_exposure()  # no keys on a network address: refuse to start
         try:  # stop() also undoes a start() that failed part-way
             await live.start()
             yield
         finally:
             await live.stop()
+            from consumers.gateway.people import close_book  # imports this module
+
+            await asyncio.to_thread(close_book, served.state)  # Milvus calls block
 
     app = FastAPI(
         title="imagestream gateway",
@@ -203,4 +207,7 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
     from consumers.gateway.demo import router as demo  # imports this module: not at the top
 
     app.include_router(demo)  # GET /demo (the demo page), POST /v1/search
+    from consumers.gateway.people import router as people
+
+    app.include_router(people)  # /v1/people...
     return app

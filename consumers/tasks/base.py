@@ -10,16 +10,18 @@ store thread), which fills each job's result fields.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from PIL import Image
 
 from consumers.encoders.base import Encoder
-from consumers.keys import id_of, vector_id
+from consumers.keys import strip_tenant, vector_id
 from consumers.results import Stopwatch
 from consumers.store import VectorStore
-from schemas.events import ImageSubmitted
+from schemas.events import ImageSubmitted, TaskResult
+from schemas.people import PersonChanged
 
 __all__ = ["ImageTask", "Job", "register_task", "stamp", "strip_tenant", "task_class", "vector_id"]
 
@@ -41,11 +43,6 @@ class Job(Generic[Prepared]):
     @property
     def tenant(self) -> str:
         return self.event.collection or ""
-
-
-def strip_tenant(key: str, tenant: str) -> str:
-    """The id in a primary key of ``tenant`` (``consumers/keys.py``: injective)."""
-    return id_of(key, tenant)
 
 
 class ImageTask(ABC, Generic[Prepared, Output]):
@@ -91,6 +88,14 @@ class ImageTask(ABC, Generic[Prepared, Output]):
     @abstractmethod
     def store_and_search(self, jobs: list[Job[Prepared]], outputs: list[Output]) -> None:
         """Write to Milvus, search, set each job's result ``fields``; stamp index/search."""
+
+    def people_events(self, results: Sequence[TaskResult]) -> list[PersonChanged]:
+        """Events for ``people.v1`` that these results' images caused (the face task's),
+        published with the results, before their offsets are committed."""
+        return []
+
+    def close(self) -> None:
+        """Release what the task opened itself (the service closes the vector store)."""
 
 
 def stamp(jobs: list[Job[Any]], stage: str, millis: float) -> None:

@@ -7,35 +7,36 @@ vector id), deletes the rows an earlier submission of the same image had beyond 
 faces found now, and runs one batched search per tenant. A face's neighbours are faces found
 in *other* images: users ask "where else does this person appear?", and the other faces
 of the same photo are other people (or the face itself). An image without a face is an
-``ok`` result with ``faces: []``.
+``ok`` result with ``faces: []``. With ``face.people.enabled`` each face is then assigned
+a person from those neighbours (``consumers/people/assign.py``); its row keeps the
+``person_id``, and the changes wait in ``people_events`` for the results' publish.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from itertools import pairwise
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from consumers.encoders.base import Encoder, Vectors
 from consumers.encoders.face import FaceCrop, FaceEncoder
+from consumers.keys import face_id, image_of
 from consumers.results import since
 from consumers.store import VectorRow, VectorStore
 from consumers.tasks.base import ImageTask, Job, register_task, stamp, strip_tenant, vector_id
-from schemas.events import Face, Neighbor
+from schemas.events import Face, Neighbor, TaskResult
+from schemas.people import PersonChanged
+
+if TYPE_CHECKING:  # consumers.people imports this package
+    from consumers.people.assign import Assigner
 
 FaceJob = Job[list[FaceCrop]]
-
-
-def face_id(image_id: str, n: int) -> str:
-    return f"{image_id}#{n}"
-
-
-def image_of(face_key: str) -> str:
-    """The image id inside a face id (image ids may contain '#'; n never does)."""
-    return face_key.rpartition("#")[0]
+MODEL_KEY = "face_model"  # on each face row: the model that made the vector
 
 
 @register_task
@@ -47,6 +48,13 @@ class FaceTask(ImageTask[list[FaceCrop], Vectors]):
             raise TypeError(f"the face task needs a FaceEncoder, not {type(encoder).__name__}")
         super().__init__(encoder, store)
         self.faces = encoder
+        people = encoder.face.people
+        self.people: Assigner | None = None
+        self._neighbours = people.neighbours
+        if store is not None and people.enabled:
+            from consumers.people.assign import Assigner  # imports this module
+
+            self.people = Assigner.for_task(store, encoder.settings.milvus, people, self.model_name)
 
     def prepare(self, image: Image.Image) -> list[FaceCrop]:
         return self.faces.detect(image)
@@ -59,12 +67,16 @@ class FaceTask(ImageTask[list[FaceCrop], Vectors]):
     def store_and_search(self, jobs: list[FaceJob], outputs: list[Vectors]) -> None:
         start = perf_counter()
         pairs = zip(jobs, outputs, strict=True)
-        rows = [row for job, vectors in pairs for row in _rows(job, vectors)]
-        self.store.upsert(rows)
-        self._forget_lost_faces(jobs, rows)
+        rows = [_rows(job, vectors, self.model_name) for job, vectors in pairs]
+        if self.people is not None:  # before the upsert: what a redelivered face had
+            rows = self.people.keep(rows)
+        flat = [row for of_job in rows for row in of_job]
+        self.store.upsert(flat)
+        self._forget_lost_faces(jobs, flat)
         stamp(jobs, "index", since(start))
         start = perf_counter()
         found = self._search(jobs, outputs)
+        persons = self.people.assign_jobs(jobs, rows, found) if self.people else {}
         stamp(jobs, "search", since(start))
         for i, job in enumerate(jobs):
             job.fields["faces"] = [
@@ -72,10 +84,21 @@ class FaceTask(ImageTask[list[FaceCrop], Vectors]):
                     face_id=face_id(job.event.image_id, n),
                     bbox=crop.bbox,
                     confidence=crop.confidence,
-                    neighbors=found.get((i, n), []),
+                    neighbors=found.get((i, n), [])[: job.event.top_k],
+                    person_id=persons.get(rows[i][n].id),
                 )
                 for n, crop in enumerate(job.prepared or [])
             ]
+
+    def people_events(self, results: Sequence[TaskResult]) -> list[PersonChanged]:
+        """The people.v1 events of these results' images, once each."""
+        if self.people is None:
+            return []
+        return self.people.outbox.take([r.source_event_id for r in results])
+
+    def close(self) -> None:
+        if self.people is not None:
+            self.people.registry.close()
 
     def _forget_lost_faces(self, jobs: list[FaceJob], rows: list[VectorRow]) -> None:
         """An image submitted again may show fewer faces (a replaced object, another
@@ -93,16 +116,16 @@ class FaceTask(ImageTask[list[FaceCrop], Vectors]):
     def _search(
         self, jobs: list[FaceJob], outputs: list[Vectors]
     ) -> dict[tuple[int, int], list[Neighbor]]:
-        """Neighbours per (job, face); one batched search per tenant."""
+        """Neighbours per (job, face), up to ``_wanted``; one batched search per tenant."""
         by_tenant: dict[str, list[tuple[int, int]]] = defaultdict(list)
         for i, job in enumerate(jobs):
-            if job.event.top_k > 0 and len(outputs[i]):
+            if self._wanted(job) > 0 and len(outputs[i]):
                 by_tenant[job.tenant].extend((i, n) for n in range(len(outputs[i])))
         found: dict[tuple[int, int], list[Neighbor]] = {}
         for tenant, faces in by_tenant.items():
             # Enough extra hits that dropping the faces of the query's own image still
             # leaves top_k (a filter cannot differ per row of one batched search).
-            top_k = max(jobs[i].event.top_k for i, _ in faces)
+            top_k = max(self._wanted(jobs[i]) for i, _ in faces)
             limit = top_k + max(len(outputs[i]) for i, _ in faces)
             queries = np.stack([outputs[i][n] for i, n in faces])
             hits = self.store.search(queries, limit, tenant=tenant)
@@ -113,11 +136,16 @@ class FaceTask(ImageTask[list[FaceCrop], Vectors]):
                     for key, score in ((strip_tenant(k, tenant), s) for k, s in row)
                     if image_of(key) != own
                 ]
-                found[(i, n)] = near[: jobs[i].event.top_k]
+                found[(i, n)] = near[: self._wanted(jobs[i])]
         return found
 
+    def _wanted(self, job: FaceJob) -> int:
+        """Neighbours to find: what the event asks, or what people assignment looks at."""
+        people = self._neighbours if self.people is not None else 0
+        return max(job.event.top_k, people)
 
-def _rows(job: FaceJob, vectors: Vectors) -> list[VectorRow]:
+
+def _rows(job: FaceJob, vectors: Vectors, model: str) -> list[VectorRow]:
     event = job.event
     return [
         VectorRow(
@@ -131,6 +159,7 @@ def _rows(job: FaceJob, vectors: Vectors) -> list[VectorRow]:
                 **event.metadata,
                 "face_bbox": ",".join(map(str, crop.bbox)),
                 "face_confidence": f"{crop.confidence:.4f}",
+                MODEL_KEY: model,  # recluster's threshold is the model's
             },
             vector=vector,
         )
