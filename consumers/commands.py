@@ -27,11 +27,17 @@ def add_commands(sub: Any) -> None:
     train.set_defaults(handler=lambda args: classifier_train(Settings(), args))
     listing = actions.add_parser("list", help="the heads in IMAGESTREAM_CLASSIFY__HEADS_DIR")
     listing.set_defaults(handler=lambda args: classifier_list(Settings(), args))
-    search = sub.add_parser("search", help="text-to-image search over the CLIP collection")
+    search = sub.add_parser("search", help="text-to-image search (CLIP, words, or both)")
     search.add_argument("text", help="what to look for, e.g. 'a hedgehog'")
     search.add_argument("--top-k", type=int, default=5)
     search.add_argument("--tenant", help="search this collection (tenant) only")
     search.add_argument("--image-ids", nargs="+", help="rank only these images")
+    search.add_argument(
+        "--mode",
+        choices=["vector", "text", "hybrid"],
+        default="vector",
+        help="vector: CLIP similarity; text: BM25 over captions and OCR text; hybrid: both",
+    )
     search.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
     search.set_defaults(handler=lambda args: search_command(Settings(), args))
 
@@ -73,6 +79,7 @@ def search_command(settings: Settings, args: argparse.Namespace) -> int:
             top_k=args.top_k,
             tenant=args.tenant,
             image_ids=args.image_ids,
+            mode=args.mode,
             timeout_s=args.timeout,
         )
     )
@@ -88,7 +95,8 @@ def search_command(settings: Settings, args: argparse.Namespace) -> int:
     if result.truncated:
         print("(the text was cut to the model's token limit)")
     for rank, hit in enumerate(result.neighbors, 1):
-        print(f"{rank:>3}  {hit.score:.3f}  {hit.id}")
+        found = f"  ({', '.join(hit.lists)})" if hit.lists else ""
+        print(f"{rank:>3}  {hit.score:.3f}  {hit.id}{found}")
     if not result.neighbors:
         print("(no images)")
     return 0

@@ -26,7 +26,7 @@ from consumers.errors import ItemError
 from consumers.gateway.app import Api
 from consumers.gateway.errors import ApiError, ApiErrorCode, request_id
 from consumers.gateway.models import ERRORS
-from schemas.events import Neighbor, TextQuery, dump
+from schemas.events import Neighbor, SearchMode, TextQuery, dump
 
 router = APIRouter()
 SEARCH = "search"
@@ -39,6 +39,11 @@ class SearchRequest(BaseModel):
     top_k: int = Field(default=5, ge=1, le=100)
     collection: str | None = Field(default=None, description="Search this tenant only.")
     image_ids: list[str] | None = Field(default=None, description="Rank only these images.")
+    mode: SearchMode = Field(
+        default="vector",
+        description="vector: CLIP similarity; text: BM25 over captions and OCR text; "
+        "hybrid: reciprocal rank fusion of the three (docs/ocr-and-text-search.md).",
+    )
 
 
 class SearchResponse(BaseModel):
@@ -46,7 +51,9 @@ class SearchResponse(BaseModel):
     query_id: str
     model: str
     truncated: bool = Field(description="The text was cut to the model's token limit.")
-    results: list[Neighbor] = Field(description="Image ids, most similar to the text first.")
+    results: list[Neighbor] = Field(
+        description="Image ids, best match first; text and hybrid: with the lists that found each."
+    )
 
 
 @cache
@@ -74,7 +81,7 @@ async def demo_image(gateway: Api, image_id: str) -> Response:
     "/v1/search",
     response_model=SearchResponse,
     responses=ERRORS,
-    summary="Text-to-image search over the CLIP image collection",
+    summary="Text-to-image search: CLIP similarity, words in captions and OCR text, or both",
 )
 async def search(
     request: Request, gateway: Api, body: Annotated[SearchRequest, Body()]

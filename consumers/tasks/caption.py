@@ -2,8 +2,9 @@
 
 Each image's row in the captions collection (key = tenant/image id, like every other
 collection) holds the caption in ``metadata.caption`` beside the event's own metadata,
-and the captioner's pooled image feature as its vector. The result carries the caption;
-``encode`` is the generation time and ``index`` the upsert.
+and the captioner's pooled image feature as its vector; the caption text collection
+(``caption.text_collection``) holds it again, BM25-indexed, for text search. The result
+carries the caption; ``encode`` is the generation time and ``index`` the upserts.
 """
 
 from __future__ import annotations
@@ -16,14 +17,21 @@ from PIL import Image
 
 from consumers.encoders.caption import CaptionEncoder
 from consumers.results import since
+from consumers.settings import CaptionSettings, TaskSettings
+from consumers.store import VectorRow
 from consumers.tasks.base import ImageTask, Job, register_task, stamp
 from consumers.tasks.embedding import image_row
+from consumers.text_store import TextRow
 
 
 @register_task
 class CaptionTask(ImageTask[torch.Tensor, tuple[str, np.ndarray]]):
     name = "caption"
     infers_by_encode_images = False  # generate: many steps, on the device thread
+
+    @classmethod
+    def text_collection(cls, settings: TaskSettings) -> str | None:
+        return settings.text_collection if isinstance(settings, CaptionSettings) else None
 
     @property
     def captioner(self) -> CaptionEncoder:
@@ -47,6 +55,15 @@ class CaptionTask(ImageTask[torch.Tensor, tuple[str, np.ndarray]]):
             for job, (text, vector) in zip(jobs, outputs, strict=True)
         ]
         self.store.upsert(rows)
+        if self.text_store is not None:  # the same caption, BM25-indexed for text search
+            texts = [text for text, _ in outputs]
+            self.text_store.upsert(
+                [_text_row(row, text) for row, text in zip(rows, texts, strict=True)]
+            )
         stamp(jobs, "index", since(start))
         for job, (text, _) in zip(jobs, outputs, strict=True):
             job.fields["caption"] = text
+
+
+def _text_row(row: VectorRow, caption: str) -> TextRow:
+    return TextRow(id=row.id, image_id=row.image_id, uri=row.uri, tenant=row.tenant, text=caption)
