@@ -50,7 +50,7 @@ def write_text_samples(folder: Path) -> list[Path]:
         paths.append(folder / f"{sample.name}.png")
         sample.image.save(paths[-1])
     paths.append(folder / "page.png")
-    Image.fromarray(skimage.data.page()).save(paths[-1])
+    Image.fromarray(skimage.data.page()).save(paths[-1])  # type: ignore[no-untyped-call]
     return paths
 
 
