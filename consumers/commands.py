@@ -24,6 +24,11 @@ def add_commands(sub: Any) -> None:
     train.add_argument("--method", choices=["logreg", "stack"], default="logreg")
     train.add_argument("--test-size", type=float, default=0.25, help="held-out share")
     train.add_argument("--tenant", default="", help="the images' collection (tenant)")
+    train.add_argument(
+        "--features",
+        default="clip",
+        help="clip, or clip,ocr: also the images' OCR text (TF-IDF into naive Bayes, stacked)",
+    )
     train.set_defaults(handler=lambda args: classifier_train(Settings(), args))
     listing = actions.add_parser("list", help="the heads in IMAGESTREAM_CLASSIFY__HEADS_DIR")
     listing.set_defaults(handler=lambda args: classifier_list(Settings(), args))
@@ -43,12 +48,16 @@ def add_commands(sub: Any) -> None:
 
 
 def classifier_train(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.head_features import FeatureError, parse_features
     from consumers.heads import HeadError, train
     from consumers.store import StoreUnavailable
 
     try:
-        info = train(settings, args.name, args.labels, args.method, args.test_size, args.tenant)
-    except (HeadError, OSError, StoreUnavailable) as exc:
+        features = tuple(parse_features(args.features))
+        info = train(
+            settings, args.name, args.labels, args.method, args.test_size, args.tenant, features
+        )
+    except (HeadError, FeatureError, OSError, StoreUnavailable) as exc:
         print(f"imagestream classifier: {exc}", file=sys.stderr)
         return 1
     if info.accuracy is None:
@@ -56,7 +65,8 @@ def classifier_train(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(f"{info.name}: held-out accuracy {info.accuracy:.3f} ({info.n_test} images)")
     folder = settings.classify.heads_dir
-    print(f"{info.name}: {info.method} over {len(info.classes)} classes, saved in {folder}")
+    over = f"{info.method} on {'+'.join(info.features)} over {len(info.classes)} classes"
+    print(f"{info.name}: {over}, saved in {folder}")
     return 0
 
 

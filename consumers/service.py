@@ -148,8 +148,8 @@ class ConsumerService:
             await asyncio.get_running_loop().run_in_executor(pools.store, store.open)
             self._stores.append(store)
         image_task = image_task_class(encoder, store)
-        text_collection = image_task_class.text_collection(task_settings)
-        if text_collection is not None:  # OCR text, captions: for text search
+        text_collection = image_task_class.text_collection(self.settings)
+        if text_collection is not None:  # OCR text, captions: for text search and classify
             texts = TextStore(self.settings.milvus, text_collection)
             await asyncio.get_running_loop().run_in_executor(pools.store, texts.open)
             self._stores.append(texts)

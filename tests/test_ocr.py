@@ -12,24 +12,27 @@ import io
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from consumers.cli import main
+from consumers import commands
+from consumers.cli import _parser, main
 from consumers.launcher import running_consumers
 from consumers.search import search_text
 from consumers.servers import Broker
 from consumers.service import ConsumerService
-from consumers.settings import ClipSettings, OcrSettings, S3Settings, Settings
-from consumers.text_images import char_accuracy, samples
+from consumers.settings import ClassifySettings, ClipSettings, OcrSettings, S3Settings, Settings
+from consumers.text_images import char_accuracy, render, samples
 from schemas.events import SearchMode, Status, TaskResult
 from tests.helpers import event, sample_jpeg, upload
+from tests.test_heads import _products
 from tests.test_more_tasks import _deliver
 
 pytestmark = pytest.mark.integration
-TASKS = ["clip", "ocr"]
+TASKS = ["clip", "ocr"]  # what the images ask for; the service also runs classify
 BIG = 3  # the big sign is the small one scaled by this, past decode.max_side
 
 
@@ -48,7 +51,10 @@ class Ingested:
 
 @pytest.fixture(scope="module")
 async def settings(
-    kafka_broker: Broker, s3_server: S3Settings, tmp_path_factory: pytest.TempPathFactory
+    kafka_broker: Broker,
+    s3_server: S3Settings,
+    model_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
     from tests.stack_settings import stack_settings
 
@@ -57,15 +63,16 @@ async def settings(
         kafka_broker.bootstrap_servers,
         s3_server,
         root,
-        root / "models",
+        model_cache,  # random:tiny CLIP, built once per test session
         clip=ClipSettings(model="random:tiny", device="cpu", batch_timeout_ms=100),
         ocr=OcrSettings(enabled=True, batch_timeout_ms=100),
+        classify=ClassifySettings(enabled=True, heads_dir=root / "heads", batch_timeout_ms=100),
     )
 
 
 @pytest.fixture(scope="module")
 async def service(settings: Settings) -> AsyncIterator[ConsumerService]:
-    async with running_consumers(settings, TASKS) as running:
+    async with running_consumers(settings, [*TASKS, "classify"]) as running:
         yield running
 
 
@@ -182,6 +189,41 @@ async def test_text_search_keeps_tenant_and_id_filters(
     assert [n.id for n in found.neighbors] == [f"{run}-receipt"]
     elsewhere = await _search(settings, "hedgehog", "hybrid", tenant=f"nobody-{run}")
     assert elsewhere.neighbors == []
+
+
+async def test_a_head_on_clip_and_ocr_classifies_by_the_printed_word(
+    settings: Settings,
+    service: ConsumerService,
+    ingested: Ingested,
+    tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    labels, images = _products(6)
+    objects = {f"{run}-p{n}": png(image) for n, image in enumerate(images)}
+    held = {f"{run}-stored": "Fresh Honey Pack", f"{run}-unread": "Premium Coffee Daily"}
+    objects |= {i: png(render([text], "DejaVuSans", 30)) for i, text in held.items()}
+    await upload(settings, {f"{run}/{i}": data for i, data in objects.items()})
+    uri = f"s3://{settings.s3.bucket}/{run}"
+    read = [i for i in objects if i != f"{run}-unread"]  # one image the ocr task never sees
+    await _deliver(settings, [event(i, f"{uri}/{i}", tasks=TASKS, top_k=0) for i in read], TASKS)
+    csv = tmp_path_factory.mktemp("labels") / "labels.csv"
+    csv.write_text("".join(f"{run}-p{n},{label}\n" for n, label in enumerate(labels)))
+
+    train = ["classifier", "train", "product", "--labels", str(csv), "--features", "clip,ocr"]
+    assert commands.classifier_train(settings, _parser().parse_args(train)) == 0
+    assert "logreg on clip+ocr over 2 classes" in capsys.readouterr().out
+
+    asked = [event(i, f"{uri}/{i}", tasks=["classify"]) for i in held]
+    results = {r.image_id: r for r in await _deliver(settings, asked, ["classify"])}
+    for image_id, want in ((f"{run}-stored", "honey"), (f"{run}-unread", "coffee")):
+        result = results[image_id]
+        assert result.status is Status.OK, result.error
+        assert result.classes is not None
+        assert [(c.head, c.label) for c in result.classes] == [("product", want)]
+    # The unread image's text was read by classify itself, and not stored by it.
+    store = service.pipelines["ocr"].task.texts
+    assert [row["image_id"] for row in store.get(list(held))] == [f"{run}-stored"]
 
 
 def test_a_missing_tesseract_fails_at_start_with_one_line(

@@ -17,7 +17,7 @@ from PIL import Image
 
 from consumers.encoders.base import Encoder
 from consumers.results import Stopwatch
-from consumers.settings import TaskSettings
+from consumers.settings import Settings
 from consumers.store import VectorStore
 from consumers.text_store import TextStore
 from schemas.events import ImageSubmitted
@@ -65,9 +65,9 @@ class ImageTask(ABC, Generic[Prepared, Output]):
         self.text_store: TextStore | None = None
 
     @classmethod
-    def text_collection(cls, settings: TaskSettings) -> str | None:
+    def text_collection(cls, settings: Settings) -> str | None:
         """The Milvus text collection this task writes for text search (OCR text,
-        captions), or None."""
+        captions) or reads (classify: OCR text), or None."""
         return None
 
     @property

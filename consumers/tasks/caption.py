@@ -17,7 +17,7 @@ from PIL import Image
 
 from consumers.encoders.caption import CaptionEncoder
 from consumers.results import since
-from consumers.settings import CaptionSettings, TaskSettings
+from consumers.settings import Settings
 from consumers.store import VectorRow
 from consumers.tasks.base import ImageTask, Job, register_task, stamp
 from consumers.tasks.embedding import image_row
@@ -30,8 +30,8 @@ class CaptionTask(ImageTask[torch.Tensor, tuple[str, np.ndarray]]):
     infers_by_encode_images = False  # generate: many steps, on the device thread
 
     @classmethod
-    def text_collection(cls, settings: TaskSettings) -> str | None:
-        return settings.text_collection if isinstance(settings, CaptionSettings) else None
+    def text_collection(cls, settings: Settings) -> str | None:
+        return settings.caption.text_collection
 
     @property
     def captioner(self) -> CaptionEncoder:

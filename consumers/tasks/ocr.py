@@ -18,7 +18,7 @@ from PIL import Image
 
 from consumers.encoders.ocr import OcrEncoder, Page, page_of
 from consumers.results import since
-from consumers.settings import TaskSettings
+from consumers.settings import Settings
 from consumers.tasks.base import ImageTask, Job, register_task, stamp, vector_id
 from consumers.text_store import TextRow
 from schemas.events import OcrText
@@ -39,8 +39,8 @@ class OcrTask(ImageTask[Page, OcrText]):
     infers_by_encode_images = False  # pages of any size, on the OCR workers
 
     @classmethod
-    def text_collection(cls, settings: TaskSettings) -> str | None:
-        return settings.collection
+    def text_collection(cls, settings: Settings) -> str | None:
+        return settings.ocr.collection
 
     @property
     def reader(self) -> OcrEncoder:
