@@ -81,7 +81,8 @@ class CaptionSettings(TaskSettings):
     enabled: bool = Field(default=False, description="Off by default: generation is slow on a CPU.")
     model: str = Field(
         default="Salesforce/blip-image-captioning-base",
-        description="Any image-to-text checkpoint with fixed-size pixel inputs (BLIP, GIT).",
+        description="An image-to-text checkpoint with fixed-size pixel inputs (BLIP, GIT), or "
+        "a chat vision-language model with a chat template (SmolVLM/Idefics3, LLaVA-NeXT).",
     )
     collection: str = Field(
         default="captions",
@@ -89,7 +90,9 @@ class CaptionSettings(TaskSettings):
     )
     max_records: int = Field(default=8, ge=1, description="Largest micro-batch.")
     prompt: str = Field(
-        default="", description="Text the caption continues (BLIP: e.g. 'a picture of')."
+        default="",
+        description="Text the caption continues (BLIP: e.g. 'a picture of'); chat models: "
+        "the user's request beside the image (empty = 'Describe this image in one sentence.').",
     )
     max_new_tokens: int = Field(default=30, ge=1, le=512)
     text_collection: str = Field(

@@ -10,9 +10,9 @@ carries the caption; ``encode`` is the generation time and ``index`` the upserts
 from __future__ import annotations
 
 from time import perf_counter
+from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from consumers.encoders.caption import CaptionEncoder
@@ -25,7 +25,7 @@ from consumers.text_store import TextRow
 
 
 @register_task
-class CaptionTask(ImageTask[torch.Tensor, tuple[str, np.ndarray]]):
+class CaptionTask(ImageTask[Any, tuple[str, np.ndarray]]):
     name = "caption"
     infers_by_encode_images = False  # generate: many steps, on the device thread
 
@@ -39,16 +39,14 @@ class CaptionTask(ImageTask[torch.Tensor, tuple[str, np.ndarray]]):
             raise TypeError(f"the caption task needs a CaptionEncoder, not {self.encoder!r}")
         return self.encoder
 
-    def prepare(self, image: Image.Image) -> torch.Tensor:
-        return self.captioner.preprocess(image)
+    def prepare(self, image: Image.Image) -> Any:
+        return self.captioner.prepare_input(image)  # a tensor, or an image for chat models
 
-    def infer(self, prepared: list[torch.Tensor]) -> list[tuple[str, np.ndarray]]:
+    def infer(self, prepared: list[Any]) -> list[tuple[str, np.ndarray]]:
         captions, vectors = self.captioner.caption(prepared)
         return list(zip(captions, vectors, strict=True))
 
-    def store_and_search(
-        self, jobs: list[Job[torch.Tensor]], outputs: list[tuple[str, np.ndarray]]
-    ) -> None:
+    def store_and_search(self, jobs: list[Job[Any]], outputs: list[tuple[str, np.ndarray]]) -> None:
         start = perf_counter()
         rows = [
             image_row(job, vector, caption=text)
