@@ -188,9 +188,7 @@ class TextStore:
         name, timeout = self.collection, self.timeout_s
         if not client.has_collection(name, timeout=timeout):
             try:
-                client.create_collection(
-                    name, schema=self._schema(), index_params=self._index(client), timeout=timeout
-                )
+                client.create_collection(name, schema=self._schema(), timeout=timeout)
                 log.info(
                     "created Milvus text collection %s (BM25 in Milvus: %s)", name, self.native_bm25
                 )
@@ -204,6 +202,11 @@ class TextStore:
                 f"Milvus collection {name!r} is not a text collection of this kind (fields "
                 f"{sorted(fields)}, BM25 in Milvus: {self.native_bm25}): drop it or use another"
             )
+        # The index apart, as the vector store does (also where a crash left none):
+        # create_collection with index_params makes pymilvus call AllocTimestamp, which
+        # milvus-lite logs as unimplemented.
+        if not client.list_indexes(name, timeout=timeout):
+            client.create_index(name, self._index(client), timeout=timeout, sync=False)
 
     def _schema(self) -> Any:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)

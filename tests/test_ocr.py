@@ -24,7 +24,14 @@ from consumers.launcher import running_consumers
 from consumers.search import search_text
 from consumers.servers import Broker
 from consumers.service import ConsumerService
-from consumers.settings import ClassifySettings, ClipSettings, OcrSettings, S3Settings, Settings
+from consumers.settings import (
+    CaptionSettings,
+    ClassifySettings,
+    ClipSettings,
+    OcrSettings,
+    S3Settings,
+    Settings,
+)
 from consumers.text_images import char_accuracy, render, samples
 from schemas.events import SearchMode, Status, TaskResult
 from tests.helpers import event, sample_jpeg, upload
@@ -67,12 +74,20 @@ async def settings(
         clip=ClipSettings(model="random:tiny", device="cpu", batch_timeout_ms=100),
         ocr=OcrSettings(enabled=True, batch_timeout_ms=100),
         classify=ClassifySettings(enabled=True, heads_dir=root / "heads", batch_timeout_ms=100),
+        caption=CaptionSettings(
+            enabled=True,
+            model="random:tiny-idefics3",  # a chat VLM (SmolVLM's architecture)
+            device="cpu",
+            max_new_tokens=12,
+            min_size=16,
+            batch_timeout_ms=100,
+        ),
     )
 
 
 @pytest.fixture(scope="module")
 async def service(settings: Settings) -> AsyncIterator[ConsumerService]:
-    async with running_consumers(settings, [*TASKS, "classify"]) as running:
+    async with running_consumers(settings, [*TASKS, "classify", "caption"]) as running:
         yield running
 
 
@@ -189,6 +204,29 @@ async def test_text_search_keeps_tenant_and_id_filters(
     assert [n.id for n in found.neighbors] == [f"{run}-receipt"]
     elsewhere = await _search(settings, "hedgehog", "hybrid", tenant=f"nobody-{run}")
     assert elsewhere.neighbors == []
+
+
+async def test_chat_captions_are_found_by_their_words(
+    settings: Settings, service: ConsumerService, ingested: Ingested
+) -> None:
+    run = ingested.run
+    asked = [f"{run}-sign", f"{run}-coffee"]
+    uri = f"s3://{settings.s3.bucket}/{run}"
+    events = [event(i, f"{uri}/{i}", tasks=["caption"]) for i in asked]
+    results = {r.image_id: r for r in await _deliver(settings, events, ["caption"])}
+    captions = {i: results[i].caption or "" for i in asked}
+    assert all(results[i].status is Status.OK for i in asked)
+    assert results[asked[0]].model == "random:tiny-idefics3"
+    # Random weights say nothing true, but what they say is stored and searchable by word.
+    stored = service.pipelines["caption"].task.texts.get(asked)
+    assert [row["text"] for row in stored] == [captions[i] for i in asked]
+    for image_id, caption in captions.items():
+        if not any(ch.isalnum() for ch in caption):
+            continue  # nothing for an analyser to index
+        found = await _search(settings, caption, "text", image_ids=asked)
+        assert found.neighbors[0].id == image_id, captions
+        assert found.neighbors[0].lists is not None
+        assert "caption" in found.neighbors[0].lists
 
 
 async def test_a_head_on_clip_and_ocr_classifies_by_the_printed_word(
