@@ -31,23 +31,28 @@ def _row(key: str, text: str, tenant: str = "") -> TextRow:
 def test_words_rank_by_bm25_within_tenant_and_ids(tmp_path: Path, native: bool) -> None:
     settings = MilvusSettings(uri=str(tmp_path / "milvus.db"))
     with TextStore(settings, "texts", native_bm25=native) as store:
-        store.upsert([_row(k, t) for k, t in ROWS.items()])
-        store.upsert([_row("acme/sign", "hedgehog hedgehog hedgehog", tenant="acme")])
-        store.upsert([_row("menu", "Breakfast served daily, hedgehog pancakes")])  # replaces
+        words_rank_by_bm25(store)
 
-        (hits,) = store.search(["Hedgehog"], 10, tenant="")
-        # Twice in a short text beats once in a longer one; rows without the word are absent.
-        assert [key for key, _ in hits] == ["poster", "sign", "menu"]
-        assert all(score > 0 for _, score in hits)
-        assert hits[0][1] > hits[1][1]
-        daily, nothing = store.search(["open daily", "zebra"], 10, tenant="")
-        assert daily[0][0] == "poster"
-        assert nothing == []
-        (only,) = store.search(["hedgehog"], 10, tenant="", restrict_ids=["sign", "blank"])
-        assert [key for key, _ in only] == ["sign"]
-        (acme,) = store.search(["hedgehog"], 10, tenant="acme")
-        assert [key for key, _ in acme] == ["acme/sign"]
-        assert store.get(["menu"])[0]["text"].endswith("hedgehog pancakes")
+
+def words_rank_by_bm25(store: TextStore) -> None:
+    """Shared with the Milvus server test (tests/test_store.py), which takes the bm25s path."""
+    store.upsert([_row(k, t) for k, t in ROWS.items()])
+    store.upsert([_row("acme/sign", "hedgehog hedgehog hedgehog", tenant="acme")])
+    store.upsert([_row("menu", "Breakfast served daily, hedgehog pancakes")])  # replaces
+
+    (hits,) = store.search(["Hedgehog"], 10, tenant="")
+    # Twice in a short text beats once in a longer one; rows without the word are absent.
+    assert [key for key, _ in hits] == ["poster", "sign", "menu"]
+    assert all(score > 0 for _, score in hits)
+    assert hits[0][1] > hits[1][1]
+    daily, nothing = store.search(["open daily", "zebra"], 10, tenant="")
+    assert daily[0][0] == "poster"
+    assert nothing == []
+    (only,) = store.search(["hedgehog"], 10, tenant="", restrict_ids=["sign", "blank"])
+    assert [key for key, _ in only] == ["sign"]
+    (acme,) = store.search(["hedgehog"], 10, tenant="acme")
+    assert [key for key, _ in acme] == ["acme/sign"]
+    assert store.get(["menu"])[0]["text"].endswith("hedgehog pancakes")
 
 
 def test_a_collection_of_the_other_kind_is_refused(tmp_path: Path) -> None:
