@@ -42,11 +42,27 @@ def bare(settings: Settings, images: list[Image.Image], workers: int) -> dict[st
     reader.load()
     pages = [page_of(image) for image in images]
     batch = options.max_records
-    started = perf_counter()
+    cpu, started = _cpu_seconds(), perf_counter()
     for i in range(0, len(pages), batch):
         reader.read(pages[i : i + batch])
-    seconds = perf_counter() - started
-    return {"workers": reader.workers, "images": len(pages), "images_per_s": len(pages) / seconds}
+    seconds, cpu = perf_counter() - started, _cpu_seconds() - cpu
+    return {
+        "workers": reader.workers,
+        "images": len(pages),
+        "images_per_s": len(pages) / seconds,
+        # CPU time per image (the tesseract processes' and this one's): what a shared
+        # machine's load does not change; cores / this bounds an idle machine's rate.
+        "cpu_s_per_image": cpu / len(pages),
+    }
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, children = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 async def through_stack(settings: Settings, images: list[Image.Image]) -> dict[str, Any]:
@@ -77,7 +93,8 @@ def run(count: int, worker_counts: list[int], stack: bool, out: Path) -> dict[st
     images = bench_images(count)
     report: dict[str, Any] = {"bare": [bare(settings, images, w) for w in worker_counts]}
     for row in report["bare"]:
-        print(f"bare   workers={row['workers']}  {row['images_per_s']:.1f} images/s", flush=True)
+        rate, cpu = row["images_per_s"], row["cpu_s_per_image"]
+        print(f"bare   workers={row['workers']}  {rate:.1f} images/s  {cpu:.3f} CPU s/image")
     if stack:
         report["stack"] = asyncio.run(through_stack(settings, images))
         row = report["stack"]
