@@ -8,6 +8,7 @@ what the text and hybrid search modes find.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import uuid
 from collections.abc import AsyncIterator
@@ -206,6 +207,19 @@ async def test_text_search_keeps_tenant_and_id_filters(
     assert elsewhere.neighbors == []
 
 
+async def test_the_cli_searches_in_a_mode_and_names_the_lists(
+    settings: Settings, ingested: Ingested, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = ingested.run
+    args = _parser().parse_args(
+        ["search", "corner grocery", "--mode", "text", "--image-ids", f"{run}-receipt"]
+    )
+    assert await asyncio.to_thread(commands.search_command, settings, args) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.split()[0::2] == ["1", f"{run}-receipt"]
+    assert line.endswith("(ocr)")
+
+
 async def test_chat_captions_are_found_by_their_words(
     settings: Settings, service: ConsumerService, ingested: Ingested
 ) -> None:
@@ -237,7 +251,7 @@ async def test_a_head_on_clip_and_ocr_classifies_by_the_printed_word(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     run = uuid.uuid4().hex[:6]
-    labels, images = _products(6)
+    labels, images = _products(4)
     objects = {f"{run}-p{n}": png(image) for n, image in enumerate(images)}
     held = {f"{run}-stored": "Fresh Honey Pack", f"{run}-unread": "Premium Coffee Daily"}
     objects |= {i: png(render([text], "DejaVuSans", 30)) for i, text in held.items()}
