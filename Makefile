@@ -21,6 +21,13 @@ $(STAMP): pyproject.toml
 	@command -v kcat >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& (apt-get install -y -qq kcat >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 \
 		&& apt-get install -y -qq kcat >/dev/null 2>&1)) || echo "kcat not installed: its test will skip"; }
+	@# Debian's Tesseract: the ocr task runs its binary (consumers/encoders/ocr.py); its
+	@# tests render their text with the DejaVu fonts.
+	@{ command -v tesseract && [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& (apt-get install -y -qq --no-install-recommends tesseract-ocr tesseract-ocr-eng fonts-dejavu-core >/dev/null 2>&1 \
+		|| (apt-get update -qq >/dev/null 2>&1 \
+		&& apt-get install -y -qq --no-install-recommends tesseract-ocr tesseract-ocr-eng fonts-dejavu-core >/dev/null 2>&1)) \
+		|| echo "tesseract not installed: the ocr task and its tests will fail"; }
 	@# Debian's prometheus: promtool checks the rules, and a real server scrapes a test stack.
 	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& (apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \

@@ -24,25 +24,40 @@ def add_commands(sub: Any) -> None:
     train.add_argument("--method", choices=["logreg", "stack"], default="logreg")
     train.add_argument("--test-size", type=float, default=0.25, help="held-out share")
     train.add_argument("--tenant", default="", help="the images' collection (tenant)")
+    train.add_argument(
+        "--features",
+        default="clip",
+        help="clip, or clip,ocr: also the images' OCR text (TF-IDF into naive Bayes, stacked)",
+    )
     train.set_defaults(handler=lambda args: classifier_train(Settings(), args))
     listing = actions.add_parser("list", help="the heads in IMAGESTREAM_CLASSIFY__HEADS_DIR")
     listing.set_defaults(handler=lambda args: classifier_list(Settings(), args))
-    search = sub.add_parser("search", help="text-to-image search over the CLIP collection")
+    search = sub.add_parser("search", help="text-to-image search (CLIP, words, or both)")
     search.add_argument("text", help="what to look for, e.g. 'a hedgehog'")
     search.add_argument("--top-k", type=int, default=5)
     search.add_argument("--tenant", help="search this collection (tenant) only")
     search.add_argument("--image-ids", nargs="+", help="rank only these images")
+    search.add_argument(
+        "--mode",
+        choices=["vector", "text", "hybrid"],
+        default="vector",
+        help="vector: CLIP similarity; text: BM25 over captions and OCR text; hybrid: both",
+    )
     search.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
     search.set_defaults(handler=lambda args: search_command(Settings(), args))
 
 
 def classifier_train(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.head_features import FeatureError, parse_features
     from consumers.heads import HeadError, train
     from consumers.store import StoreUnavailable
 
     try:
-        info = train(settings, args.name, args.labels, args.method, args.test_size, args.tenant)
-    except (HeadError, OSError, StoreUnavailable) as exc:
+        features = tuple(parse_features(args.features))
+        info = train(
+            settings, args.name, args.labels, args.method, args.test_size, args.tenant, features
+        )
+    except (HeadError, FeatureError, OSError, StoreUnavailable) as exc:
         print(f"imagestream classifier: {exc}", file=sys.stderr)
         return 1
     if info.accuracy is None:
@@ -50,7 +65,8 @@ def classifier_train(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(f"{info.name}: held-out accuracy {info.accuracy:.3f} ({info.n_test} images)")
     folder = settings.classify.heads_dir
-    print(f"{info.name}: {info.method} over {len(info.classes)} classes, saved in {folder}")
+    over = f"{info.method} on {'+'.join(info.features)} over {len(info.classes)} classes"
+    print(f"{info.name}: {over}, saved in {folder}")
     return 0
 
 
@@ -73,6 +89,7 @@ def search_command(settings: Settings, args: argparse.Namespace) -> int:
             top_k=args.top_k,
             tenant=args.tenant,
             image_ids=args.image_ids,
+            mode=args.mode,
             timeout_s=args.timeout,
         )
     )
@@ -88,7 +105,8 @@ def search_command(settings: Settings, args: argparse.Namespace) -> int:
     if result.truncated:
         print("(the text was cut to the model's token limit)")
     for rank, hit in enumerate(result.neighbors, 1):
-        print(f"{rank:>3}  {hit.score:.3f}  {hit.id}")
+        found = f"  ({', '.join(hit.lists)})" if hit.lists else ""
+        print(f"{rank:>3}  {hit.score:.3f}  {hit.id}{found}")
     if not result.neighbors:
         print("(no images)")
     return 0

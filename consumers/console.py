@@ -16,8 +16,8 @@ def format_result(result: TaskResult) -> str:
             for f in result.faces
         )
         return f"{done}  faces: {faces or '(no face)'}"
-    if result.caption is not None:
-        return f"{done}  caption: {result.caption!r}"
+    if result.ocr is not None or result.caption is not None:
+        return f"{done}  {_text(result)}"
     if result.labels is not None:
         return f"{done}  labels: " + ", ".join(f"{x.label} {x.score:.2f}" for x in result.labels)
     if result.classes is not None:
@@ -26,8 +26,19 @@ def format_result(result: TaskResult) -> str:
     return f"{done}  neighbours: {_near(result.neighbors)}"
 
 
+def _text(result: TaskResult) -> str:
+    if result.ocr is None:
+        return f"caption: {result.caption!r}"
+    text = " / ".join(line.text for line in result.ocr.lines)
+    return f"ocr: {text!r}" if text else "ocr: (no text)"
+
+
 def _near(neighbors: list[Neighbor]) -> str:
-    return ", ".join(f"{n.id} {n.score:.3f}" for n in neighbors) or "(none yet)"
+    return ", ".join(f"{n.id} {n.score:.3f}{_lists(n)}" for n in neighbors) or "(none yet)"
+
+
+def _lists(hit: Neighbor) -> str:
+    return f" ({'+'.join(hit.lists)})" if hit.lists else ""
 
 
 def print_result(result: TaskResult) -> None:

@@ -12,6 +12,7 @@ from PIL import Image
 from consumers.console import print_result
 from consumers.ingest import ingest, uploads_for
 from consumers.launcher import embedded_stack, running_consumers
+from consumers.search import search_text
 from consumers.settings import Settings
 from schemas.events import TaskResult
 
@@ -19,6 +20,8 @@ from schemas.events import TaskResult
 # does, shown here but left out of `imagestream up` (captions: off, see docs/tasks.md).
 DEMO_TASKS = ("dinov2",)
 SAMPLES = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "hubble_deep_field")
+# Found by the words printed on the rendered sign (consumers/text_images.py), in hybrid mode.
+SIGN_QUERY = "hedgehog crossing"
 
 
 def write_samples(folder: Path) -> list[Path]:
@@ -33,7 +36,22 @@ def write_samples(folder: Path) -> list[Path]:
         paths.append(path)
     copy = folder / "astronaut-copy.jpg"
     copy.write_bytes(paths[0].read_bytes())
-    return [*paths, copy]
+    return [*paths, copy, *write_text_samples(folder)]
+
+
+def write_text_samples(folder: Path) -> list[Path]:
+    """Rendered signs, receipts and labels as PNGs, and skimage's scanned page."""
+    import skimage.data
+
+    from consumers.text_images import samples
+
+    paths = []
+    for sample in samples():
+        paths.append(folder / f"{sample.name}.png")
+        sample.image.save(paths[-1])
+    paths.append(folder / "page.png")
+    Image.fromarray(skimage.data.page()).save(paths[-1])  # type: ignore[no-untyped-call]
+    return paths
 
 
 async def demo(settings: Settings) -> list[TaskResult]:
@@ -47,4 +65,13 @@ async def demo(settings: Settings) -> list[TaskResult]:
             running_consumers(live) as service,
         ):
             print(f"demo: {len(uploads)} images -> {service.topics.images}", flush=True)
-            return await ingest(live, uploads, tasks=service.tasks, top_k=3, on_result=print_result)
+            results = await ingest(
+                live, uploads, tasks=service.tasks, top_k=3, on_result=print_result
+            )
+            if service.search is not None:
+                found = await search_text(live, SIGN_QUERY, top_k=3, mode="hybrid")
+                if found is not None:
+                    print(f"demo: hybrid search {SIGN_QUERY!r}:", flush=True)
+                    print_result(found)
+                    results.append(found)
+            return results

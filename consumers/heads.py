@@ -4,7 +4,9 @@
 fetches those images' vectors from the CLIP collection, fits a head (logistic regression
 by default; ``--method stack`` is seed 004's logistic regression + SVC + naive Bayes
 stacked under a random forest), prints the accuracy on a held-out stratified split and
-then refits on every labelled image. A head is two files in ``classify.heads_dir``:
+then refits on every labelled image. ``--features clip,ocr`` adds seed 004's OCR branch:
+the images' stored OCR text through TF-IDF into naive Bayes, stacked with the vector
+models (``consumers/head_features.py``). A head is two files in ``classify.heads_dir``:
 ``NAME.skops`` (the estimator, in skops' format, loaded only when it holds nothing
 beyond skops' trusted types and ``EXTRA_TRUSTED``) and ``NAME.json`` (what it was
 trained on). Nothing is unpickled.
@@ -17,13 +19,14 @@ import json
 import logging
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from consumers.encoders.base import Vectors
+from consumers.head_features import rows, uses_ocr, with_ocr
 from consumers.settings import Settings
 from consumers.store import VectorStore, stored_dim
 from schemas.events import ClassPrediction, utcnow
@@ -51,6 +54,7 @@ class HeadInfo:
     n_train: int
     n_test: int
     trained_at: str
+    features: list[str] = field(default_factory=lambda: ["clip"])  # or clip + ocr
 
 
 def read_labels(path: Path) -> list[tuple[str, str]]:
@@ -65,42 +69,59 @@ def read_labels(path: Path) -> list[tuple[str, str]]:
     return [(row[0].strip(), row[1].strip()) for row in rows]
 
 
-def estimator(method: Method, min_class_count: int) -> Any:
+def estimator(method: Method, min_class_count: int, ocr_dim: int | None = None) -> Any:
+    """The head; with ``ocr_dim`` (the vector width), one that also reads the OCR text."""
     from sklearn.ensemble import RandomForestClassifier, StackingClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.naive_bayes import GaussianNB
     from sklearn.svm import SVC
 
     logreg = LogisticRegression(max_iter=2000)
+    folds = min(5, min_class_count)
+    forest = RandomForestClassifier(n_estimators=100, random_state=SEED)
+    if ocr_dim is not None:
+        models = (
+            [("logreg", logreg)] if method == "logreg" else [("logreg", logreg), ("svc", SVC())]
+        )
+        final = LogisticRegression(max_iter=2000) if method == "logreg" else forest
+        return with_ocr(models, ocr_dim, final, folds)
     if method == "logreg":
         return logreg
     base = [("logreg", logreg), ("svc", SVC()), ("nb", GaussianNB())]
-    forest = RandomForestClassifier(n_estimators=100, random_state=SEED)
-    return StackingClassifier(base, final_estimator=forest, cv=min(5, min_class_count))
+    return StackingClassifier(base, final_estimator=forest, cv=folds)
 
 
 def fit(
-    vectors: Vectors, labels: list[str], method: Method, test_size: float
+    vectors: Vectors,
+    labels: list[str],
+    method: Method,
+    test_size: float,
+    texts: list[str] | None = None,
 ) -> tuple[Any, float | None, int]:
-    """(head fitted on everything, held-out accuracy or None, held-out count)."""
+    """(head fitted on everything, held-out accuracy or None, held-out count); ``texts``
+    (the images' OCR text) adds the OCR branch."""
     from sklearn.model_selection import train_test_split
 
     counts = Counter(labels)
     if len(counts) < 2 or min(counts.values()) < 2:
         raise HeadError(f"need 2+ classes with 2+ images each, got {dict(counts)}")
+    if texts is not None and not any(t.strip() for t in texts):
+        raise HeadError("no labelled image has OCR text: run the ocr task on them first")
+    ocr_dim = None if texts is None else int(vectors.shape[1])
+    x = rows(vectors, texts)
     y = np.asarray(labels)
     n_test = max(len(counts), round(len(labels) * test_size))
     accuracy = None
     if len(labels) - n_test >= 2 * len(counts):
         x_train, x_test, y_train, y_test = train_test_split(
-            vectors, y, test_size=n_test, stratify=y, random_state=SEED
+            x, y, test_size=n_test, stratify=y, random_state=SEED
         )
         smallest = min(Counter(y_train.tolist()).values())
-        held_out = estimator(method, smallest).fit(x_train, y_train)
+        held_out = estimator(method, smallest, ocr_dim).fit(x_train, y_train)
         accuracy = float((held_out.predict(x_test) == y_test).mean())
     else:
         n_test = 0
-    return estimator(method, min(counts.values())).fit(vectors, y), accuracy, n_test
+    return estimator(method, min(counts.values()), ocr_dim).fit(x, y), accuracy, n_test
 
 
 def fetch_vectors(
@@ -121,6 +142,22 @@ def fetch_vectors(
     return vectors.reshape(-1, dim), missing
 
 
+def fetch_texts(settings: Settings, image_ids: list[str], tenant: str = "") -> list[str]:
+    """Stored OCR text of ``image_ids`` in their order ("" where the ocr task found none)."""
+    from consumers.tasks.base import vector_id
+    from consumers.text_store import TextStore
+
+    keys = [vector_id(i, tenant) for i in image_ids]
+    with TextStore(settings.milvus, settings.ocr.collection) as store:
+        stored = {str(row["id"]): str(row["text"]) for row in store.get(keys)}
+    unread = [i for i, key in zip(image_ids, keys, strict=True) if key not in stored]
+    if unread:
+        log.warning(
+            "%d labelled image(s) have no OCR text stored, e.g. %s", len(unread), unread[:3]
+        )
+    return [stored.get(key, "") for key in keys]
+
+
 def train(
     settings: Settings,
     name: str,
@@ -128,6 +165,7 @@ def train(
     method: Method = "logreg",
     test_size: float = 0.25,
     tenant: str = "",
+    features: tuple[str, ...] = ("clip",),
 ) -> HeadInfo:
     if not name.replace("-", "").replace("_", "").isalnum():
         raise HeadError(f"head name {name!r}: use letters, digits, - and _")
@@ -138,8 +176,12 @@ def train(
             "%d labelled image(s) have no stored vector, e.g. %s", len(missing), missing[:3]
         )
     absent = set(missing)
-    labels = [label for image_id, label in pairs if image_id not in absent]
-    head, accuracy, n_test = fit(vectors, labels, method, test_size)
+    found = [(image_id, label) for image_id, label in pairs if image_id not in absent]
+    labels = [label for _, label in found]
+    texts = None
+    if uses_ocr(features):
+        texts = fetch_texts(settings, [image_id for image_id, _ in found], tenant)
+    head, accuracy, n_test = fit(vectors, labels, method, test_size, texts)
     info = HeadInfo(
         name=name,
         method=method,
@@ -151,6 +193,7 @@ def train(
         n_train=len(labels) - n_test,
         n_test=n_test,
         trained_at=utcnow().isoformat(),
+        features=list(features),
     )
     save(settings.classify.heads_dir, info, head)
     return info
@@ -189,9 +232,18 @@ class Head:
             raise HeadError(f"{path} holds untrusted types {sorted(untrusted - EXTRA_TRUSTED)}")
         return cls(info, skops.io.load(path, trusted=sorted(untrusted)))
 
-    def predict(self, vectors: Vectors) -> list[ClassPrediction]:
-        """The most probable class of each row, with its probability."""
-        probabilities = self.estimator.predict_proba(vectors)
+    @property
+    def uses_ocr(self) -> bool:
+        return uses_ocr(self.info.features)
+
+    def predict(self, vectors: Vectors, texts: list[str] | None = None) -> list[ClassPrediction]:
+        """The most probable class of each row, with its probability; ``texts`` (the
+        images' OCR text) are required by heads trained with the ocr feature."""
+        if self.uses_ocr and texts is None:
+            raise HeadError(f"head {self.info.name!r} reads OCR text: pass the images' texts")
+        probabilities = self.estimator.predict_proba(
+            rows(vectors, texts if self.uses_ocr else None)
+        )
         best = probabilities.argmax(axis=1)
         return [
             ClassPrediction(

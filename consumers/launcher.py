@@ -39,8 +39,9 @@ DEV_FALLBACKS = {
 }
 # Off by default (a production consumer needs real weights only where faces are wanted),
 # on in the embedded stack. Labels share the clip task's model, so they cost one more
-# image-tower pass and show on the demo page; captions stay off (seconds per image on a CPU).
-DEV_TASKS = ("face", "labels")
+# image-tower pass and show on the demo page; OCR reads text for text search (a fraction of
+# a second per image); captions stay off (seconds per image on a CPU).
+DEV_TASKS = ("face", "labels", "ocr")
 # Tansu answers a group join after half the session timeout; 6 s keeps start-up quick.
 DEV_KAFKA = {"SESSION_TIMEOUT_MS": "6000", "HEARTBEAT_INTERVAL_MS": "1000"}
 # Tansu holds a fetch over several partitions for its whole wait even when a record

@@ -3,10 +3,13 @@
 Consumer: ``TextSearch`` subscribes to ``queries.v1`` in its own group
 (``imagestream-search``) beside the clip task, whose loaded CLIP model and Milvus
 collection it uses: texts are embedded by the model that embedded the images. A batch of
-queries is one text-encoder call and one Milvus search per (tenant, id restriction).
-The result is a ``TaskResult`` with ``task="search"``, ``image_id`` = the query id,
-``neighbors`` = the ranked image ids with their cosine similarity, and ``truncated``
-when the text was longer than the model's token limit and was cut. Retries, commits and
+queries is one text-encoder call and one Milvus search per (tenant, id restriction) and
+list. ``TextQuery.mode`` picks the lists: ``vector`` the CLIP similarity alone,
+``text`` BM25 over the caption and OCR texts, ``hybrid`` all three fused
+(``consumers/text_search.py``). The result is a ``TaskResult`` with ``task="search"``,
+``image_id`` = the query id, ``neighbors`` = the ranked image ids with their score (and,
+for text and hybrid, the lists that found each), and ``truncated`` when the text was
+longer than the CLIP model's token limit and was cut. Retries, commits and
 shutdown are ``consumers/delivery.py``'s, as for image tasks (bad queries get error
 results, not dead letters: the dead-letter topic replays into images.v1).
 
@@ -18,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from functools import partial
 from time import perf_counter
 from typing import Any, TypeVar
@@ -36,12 +39,33 @@ from consumers.settings import Settings
 from consumers.store import VectorStore
 from consumers.subscribe import batch_subscriber
 from consumers.tasks.base import ImageTask, strip_tenant, vector_id
-from schemas.events import Neighbor, TaskResult, TextQuery
+from consumers.text_search import (
+    CLIP_LIST,
+    Hit,
+    Lists,
+    fuse,
+    group_queries,
+    word_lists,
+)
+from consumers.text_store import TextStore
+from schemas.events import Neighbor, SearchMode, TaskResult, TextQuery
 from schemas.topics import Topics
 
 TASK = "search"
+BM25_MODEL = "bm25"
 T = TypeVar("T")
-Group = tuple[str, tuple[str, ...] | None]  # (tenant, restricted image ids)
+
+
+@dataclass(frozen=True)
+class _Bound:
+    """What answers queries: the clip task's encoder and store, the text stores, and the
+    threads they run on (the device thread, the Milvus thread)."""
+
+    encoder: Any
+    store: VectorStore
+    texts: dict[str, TextStore]
+    device: Executor
+    store_pool: Executor
 
 
 class TextSearch:
@@ -51,7 +75,8 @@ class TextSearch:
         self, broker: KafkaBroker, topics: Topics, settings: Settings, results: Any, stopping: Any
     ) -> None:
         self.results = results
-        self._bound: tuple[Any, VectorStore, Executor, Executor] | None = None
+        self.settings = settings.search
+        self._bound: _Bound | None = None
         self.handler = BatchHandler(
             TASK, self.process, self._publish, settings.delivery, stopping, model=self._model
         )
@@ -62,7 +87,7 @@ class TextSearch:
             settings.search,
             settings.kafka,
             listener=self.handler.listener,
-            description="Text-to-image search over the CLIP image collection; one TaskResult "
+            description="Text-to-image search (modes vector, text, hybrid); one TaskResult "
             "(task search, image_id = query_id) per query.",
         )
 
@@ -79,12 +104,19 @@ class TextSearch:
 
         subscriber(handle)
 
-    def bind(self, clip: ImageTask[Any, Any], device: Executor, store_pool: Executor) -> None:
-        """Serve with the clip task's encoder (device thread) and store (Milvus thread)."""
-        self._bound = (clip.encoder, clip.store, device, store_pool)
+    def bind(
+        self,
+        clip: ImageTask[Any, Any],
+        device: Executor,
+        store_pool: Executor,
+        texts: Mapping[str, TextStore],
+    ) -> None:
+        """Serve with the clip task's encoder (device thread) and store, and the caption
+        and OCR text stores (Milvus thread)."""
+        self._bound = _Bound(clip.encoder, clip.store, dict(texts), device, store_pool)
 
     def _model(self) -> str | None:
-        return self._bound[0].model_name if self._bound else None
+        return self._bound.encoder.model_name if self._bound else None
 
     async def _publish(self, task: str, delivered: list[Delivered]) -> None:
         await asyncio.gather(*(publish_result(self.results, d.result) for d in delivered))
@@ -92,7 +124,6 @@ class TextSearch:
     async def process(self, records: Sequence[Record]) -> list[tuple[int, TaskResult]]:
         if self._bound is None:
             raise ConnectionError("text search is not bound to a CLIP encoder yet")
-        encoder, store, device, store_pool = self._bound
         started = perf_counter()
         results: dict[int, TaskResult] = {}
         queries: dict[int, TextQuery] = {}
@@ -105,67 +136,88 @@ class TextSearch:
                     query.event_id,
                     query.image_id,
                     query.error,
-                    model=_name(encoder),
+                    model=_name(self._bound.encoder),
                     watch=watch,
                 )
             else:
                 queries[index] = query
         if queries:
-            found = await _answer(encoder, store, device, store_pool, queries, started)
-            results.update(found)
+            results.update(await self._answer(self._bound, queries, started))
         return sorted(results.items())
+
+    async def _answer(
+        self, bound: _Bound, queries: dict[int, TextQuery], started: float
+    ) -> dict[int, TaskResult]:
+        by_vector = {i: q for i, q in queries.items() if q.mode != "text"}
+        start = perf_counter()
+        vectors, cut = await _embed(bound, by_vector)
+        encode_ms = since(start)
+        start = perf_counter()
+        depth = self.settings.fusion_depth
+        lists = await _run(bound.store_pool, partial(_lists, bound, queries, vectors, depth))
+        search_ms = since(start)
+        results = {}
+        for i, query in queries.items():
+            watch = Stopwatch(started)
+            watch.add("encode", encode_ms if i in by_vector else 0.0)
+            watch.add("search", search_ms)
+            if query.mode == "vector":
+                neighbors = [Neighbor(id=key, score=score) for key, score in lists[i][CLIP_LIST]]
+            else:
+                neighbors = fuse(query, lists[i], self.settings.rrf_k)
+            results[i] = _ok(query, neighbors, cut.get(i, False), bound.encoder, watch)
+        return results
 
 
 async def _run(executor: Executor, fn: Callable[[], T]) -> T:
     return await asyncio.get_running_loop().run_in_executor(executor, fn)
 
 
-async def _answer(
-    encoder: Any,
-    store: VectorStore,
-    device: Executor,
-    store_pool: Executor,
-    queries: dict[int, TextQuery],
-    started: float,
-) -> dict[int, TaskResult]:
+async def _embed(
+    bound: _Bound, queries: dict[int, TextQuery]
+) -> tuple[dict[int, Any], dict[int, bool]]:
+    """CLIP text vectors of the queries that need one, and whether each text was cut."""
+    if not queries:
+        return {}, {}
     order = list(queries)
     texts = [queries[i].text for i in order]
-    start = perf_counter()
-    vectors, cut = await _run(device, partial(encoder.encode_texts_with_truncation, texts))
-    encode_ms = since(start)
-    start = perf_counter()
-    rows = dict(zip(order, vectors, strict=True))
-    hits = await _run(store_pool, partial(_search, store, queries, rows))
-    search_ms = since(start)
-    results = {}
-    for i, truncated in zip(order, cut, strict=True):
-        watch = Stopwatch(started)
-        watch.add("encode", encode_ms)
-        watch.add("search", search_ms)
-        results[i] = _ok(queries[i], hits[i], truncated, encoder, watch)
-    return results
+    encode = bound.encoder.encode_texts_with_truncation
+    vectors, cut = await _run(bound.device, partial(encode, texts))
+    return dict(zip(order, vectors, strict=True)), dict(zip(order, cut, strict=True))
+
+
+def _lists(
+    bound: _Bound, queries: dict[int, TextQuery], vectors: dict[int, Any], depth: int
+) -> dict[int, Lists]:
+    """Every ranked list each query's mode reads: clip (vector, hybrid), caption and ocr
+    (text, hybrid)."""
+    by_words = {i: q for i, q in queries.items() if q.mode != "vector"}
+    found: dict[int, Lists] = {i: {} for i in queries}
+    found.update(word_lists(bound.texts, by_words, depth))
+    by_vector = {i: queries[i] for i in vectors}
+    for i, hits in _search(bound.store, by_vector, vectors, depth).items():
+        found[i][CLIP_LIST] = hits
+    return found
 
 
 def _search(
-    store: VectorStore, queries: dict[int, TextQuery], rows: dict[int, Any]
-) -> dict[int, list[Neighbor]]:
-    """One batched Milvus search per (tenant, restriction): a filter is per call."""
-    groups: dict[Group, list[int]] = defaultdict(list)
-    for i, query in queries.items():
-        restrict = tuple(query.image_ids) if query.image_ids is not None else None
-        groups[(query.collection or "", restrict)].append(i)
-    found: dict[int, list[Neighbor]] = {}
-    for (tenant, restrict), members in groups.items():
-        top_k = max(queries[i].top_k for i in members)
+    store: VectorStore, queries: dict[int, TextQuery], rows: dict[int, Any], depth: int
+) -> dict[int, list[Hit]]:
+    """One batched Milvus search per (tenant, restriction): a filter is per call. A
+    hybrid query's list is read ``depth`` deep, a vector query's ``top_k``."""
+    found: dict[int, list[Hit]] = {}
+    for (tenant, restrict), members in group_queries(queries).items():
+        limits = {i: _limit(queries[i], depth) for i in members}
         keys = None if restrict is None else [vector_id(i, tenant) for i in restrict]
         matrix = [rows[i] for i in members]
-        hits = store.search(matrix, top_k, tenant=tenant, restrict_ids=keys)
+        hits = store.search(matrix, max(limits.values()), tenant=tenant, restrict_ids=keys)
         for i, ranked in zip(members, hits, strict=True):
-            found[i] = [
-                Neighbor(id=strip_tenant(key, tenant), score=score)
-                for key, score in ranked[: queries[i].top_k]
-            ]
+            found[i] = [(strip_tenant(key, tenant), score) for key, score in ranked[: limits[i]]]
     return found
+
+
+def _limit(query: TextQuery, depth: int) -> int:
+    return query.top_k if query.mode == "vector" else max(query.top_k, depth)
 
 
 def _name(encoder: Any) -> str | None:
@@ -175,17 +227,19 @@ def _name(encoder: Any) -> str | None:
 def _ok(
     query: TextQuery, neighbors: list[Neighbor], truncated: bool, encoder: Any, watch: Stopwatch
 ) -> TaskResult:
+    # Text mode ranks by BM25 alone: no model, no vector.
+    words_only = query.mode == "text"
     return ok_result(
         TASK,
         query.event_id,
         query.query_id,
-        model=encoder.model_name,
-        dim=encoder.dim,
+        model=BM25_MODEL if words_only else encoder.model_name,
+        dim=0 if words_only else encoder.dim,
         watch=watch,
         submitted_at=query.submitted_at,
         collection=query.collection,
         neighbors=neighbors,
-        truncated=truncated,
+        truncated=None if words_only else truncated,
     )
 
 
@@ -196,6 +250,7 @@ async def search_text(
     top_k: int = 5,
     tenant: str | None = None,
     image_ids: list[str] | None = None,
+    mode: SearchMode = "vector",
     timeout_s: float = 60.0,
 ) -> TaskResult | None:
     """Publish one ``TextQuery`` and return its result (None when none came in time)."""
@@ -208,6 +263,7 @@ async def search_text(
         top_k=top_k,
         collection=tenant,
         image_ids=image_ids,
+        mode=mode,
     )
     topic = Topics(settings.kafka.topic_prefix).queries
     async with result_reader(settings) as reader:

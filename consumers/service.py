@@ -34,6 +34,8 @@ from consumers.settings import Settings
 from consumers.store import VectorStore
 from consumers.subscribe import batch_subscriber
 from consumers.tasks import task_class
+from consumers.text_search import text_collections
+from consumers.text_store import TextStore
 from schemas.events import ImageSubmitted, TaskResult, dump
 from schemas.people import PersonChanged, person_key
 from schemas.topics import Topics
@@ -78,7 +80,7 @@ class ConsumerService:
         self.stopping = asyncio.Event()
         self.ready = False
         self._s3 = S3Store(settings.s3)
-        self._stores: list[VectorStore] = []
+        self._stores: list[VectorStore | TextStore] = []
         self._pools: Pools | None = None
         for task in self.tasks:
             self._subscribe(task)
@@ -128,7 +130,10 @@ class ConsumerService:
         for task in self.tasks:
             self.pipelines[task] = await self._build_pipeline(task, self._pools)
         if self.search is not None:
-            self.search.bind(self.pipelines["clip"].task, self._pools.device, self._pools.store)
+            texts = await self._open_text_stores(self._pools)
+            self.search.bind(
+                self.pipelines["clip"].task, self._pools.device, self._pools.store, texts
+            )
         if self.rpc is not None:
             encoder = self.pipelines["clip"].task.encoder
             self.rpc.bind(encoder, self._s3, self._pools.decode, self._pools.device)
@@ -153,7 +158,24 @@ class ConsumerService:
             self._stores.append(store)
         image_task = image_task_class(encoder, store)
         staging = StagingAreas.of(self.settings)
+        text_collection = image_task_class.text_collection(self.settings)
+        if text_collection is not None:  # OCR text, captions: for text search and classify
+            texts = TextStore(self.settings.milvus, text_collection)
+            await asyncio.get_running_loop().run_in_executor(pools.store, texts.open)
+            self._stores.append(texts)
+            image_task.text_store = texts
         return ImagePipeline(image_task, self._s3, self.settings.decode, pools, staging)
+
+    async def _open_text_stores(self, pools: Pools) -> dict[str, TextStore]:
+        """The caption and OCR text collections that text and hybrid search read (created
+        empty when no task has written them yet)."""
+        stores = {}
+        for name, collection in text_collections(self.settings).items():
+            store = TextStore(self.settings.milvus, collection)
+            await asyncio.get_running_loop().run_in_executor(pools.store, store.open)
+            self._stores.append(store)
+            stores[name] = store
+        return stores
 
     async def stop(self) -> None:
         """In-flight batches get ``graceful_timeout_s`` to finish; one waiting on a retry

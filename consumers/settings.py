@@ -25,6 +25,7 @@ from consumers.task_settings import (
     Dinov2Settings,
     FaceSettings,
     LabelsSettings,
+    OcrSettings,
     PeopleSettings,
     SearchSettings,
     TaskSettings,
@@ -36,8 +37,8 @@ __all__ = [
     "RUNTIME_DIR", "STACK_ENV", "WEARABLE", "CaptionSettings", "ClassifySettings",
     "ClipSettings", "DecodeSettings", "DeliverySettings", "Dinov2Settings", "FaceSettings",
     "GatewaySettings", "KafkaSettings", "LabelsSettings", "LegacySettings",
-    "MetricsSettings", "MilvusSettings", "PeopleSettings", "S3Settings", "SearchSettings",
-    "Settings", "TaskSettings", "ZeroShotSettings", "get_settings",
+    "MetricsSettings", "MilvusSettings", "OcrSettings", "PeopleSettings", "S3Settings",
+    "SearchSettings", "Settings", "TaskSettings", "ZeroShotSettings", "get_settings",
 ]  # fmt: skip
 STACK_ENV = RUNTIME_DIR / "stack.env"
 
@@ -236,6 +237,7 @@ class Settings(BaseSettings):
     face: FaceSettings = Field(default_factory=FaceSettings)
     dinov2: Dinov2Settings = Field(default_factory=Dinov2Settings)
     caption: CaptionSettings = Field(default_factory=CaptionSettings)
+    ocr: OcrSettings = Field(default_factory=OcrSettings)
     labels: LabelsSettings = Field(default_factory=LabelsSettings)
     classify: ClassifySettings = Field(default_factory=ClassifySettings)
     search: SearchSettings = Field(default_factory=SearchSettings)

@@ -102,7 +102,8 @@ class CaptionSettings(TaskSettings):
     enabled: bool = Field(default=False, description="Off by default: generation is slow on a CPU.")
     model: str = Field(
         default="Salesforce/blip-image-captioning-base",
-        description="Any image-to-text checkpoint with fixed-size pixel inputs (BLIP, GIT).",
+        description="An image-to-text checkpoint with fixed-size pixel inputs (BLIP, GIT), or "
+        "a chat vision-language model with a chat template (SmolVLM/Idefics3, LLaVA-NeXT).",
     )
     collection: str = Field(
         default="captions",
@@ -110,14 +111,45 @@ class CaptionSettings(TaskSettings):
     )
     max_records: int = Field(default=8, ge=1, description="Largest micro-batch.")
     prompt: str = Field(
-        default="", description="Text the caption continues (BLIP: e.g. 'a picture of')."
+        default="",
+        description="Text the caption continues (BLIP: e.g. 'a picture of'); chat models: "
+        "the user's request beside the image (empty = 'Describe this image in one sentence.').",
     )
     max_new_tokens: int = Field(default=30, ge=1, le=512)
+    text_collection: str = Field(
+        default="caption_texts", description="The caption + BM25 sparse vector (text search)."
+    )
     halve_rate: float = Field(
         default=0.5, gt=0, le=1, description="Seed 002: scale every side by this first..."
     )
     min_size: int = Field(
         default=384, ge=1, description="...but never the shorter side below this (pixels)."
+    )
+
+
+class OcrSettings(TaskSettings):
+    """Text in images (Tesseract through pytesseract), stored by image id for text search."""
+
+    enabled: bool = Field(
+        default=False, description="Off unless enabled (`imagestream up` and `make run` do)."
+    )
+    model: str = Field(default="tesseract", description="The engine: Debian's tesseract binary.")
+    language: str = Field(
+        default="eng", description="Tesseract languages, e.g. eng or eng+deu (installed packs)."
+    )
+    workers: int = Field(
+        default=0, ge=0, description="Pages read at once, one tesseract process each (0 = cores)."
+    )
+    page_segmentation: int = Field(
+        default=3, ge=0, le=13, description="Tesseract --psm (3 = automatic page layout)."
+    )
+    min_confidence: float = Field(
+        default=0.0, ge=0, le=1, description="Drop words Tesseract is less sure of."
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="Per page; then the batch fails.")
+    max_records: int = Field(default=8, ge=1, description="Largest micro-batch.")
+    collection: str = Field(
+        default="ocr_texts", description="Text + BM25 sparse vector per image (text search)."
     )
 
 
@@ -163,6 +195,10 @@ class SearchSettings(BaseModel):
     )
     max_records: int = Field(default=32, ge=1, description="Largest micro-batch of queries.")
     batch_timeout_ms: int = Field(default=50, ge=1)
+    fusion_depth: int = Field(
+        default=50, ge=1, description="Text and hybrid modes: how deep each ranked list is read."
+    )
+    rrf_k: int = Field(default=60, ge=1, description="Hybrid mode: reciprocal rank fusion's k.")
 
 
 WEARABLE = (

@@ -1,4 +1,5 @@
-"""``imagestream loadtest`` and ``imagestream bench milvus``: arguments and entry points."""
+"""``imagestream loadtest``, ``imagestream bench milvus`` and ``imagestream bench ocr``:
+arguments and entry points."""
 
 from __future__ import annotations
 
@@ -60,6 +61,13 @@ def add_commands(sub: Any) -> None:
     milvus.add_argument("--dim", type=int, default=512)
     milvus.add_argument("--out", type=Path, default=Path(".imagestream") / "bench-milvus.json")
     milvus.set_defaults(handler=milvus_command)
+    ocr = bench.add_parser("ocr", help="ocr task images/s: bare encoder and embedded stack")
+    ocr.add_argument("-n", "--images", type=int, default=64, help=DEFAULTS_NOTE)
+    ocr.add_argument("--workers", nargs="+", type=int, default=[0],
+                     help=f"bare runs, 0 = the default (one per core) {DEFAULTS_NOTE}")  # fmt: skip
+    ocr.add_argument("--no-stack", action="store_true", help="bare runs only")
+    ocr.add_argument("--out", type=Path, default=Path(".imagestream") / "bench-ocr.json")
+    ocr.set_defaults(handler=ocr_command)
 
 
 def loadtest_command(args: argparse.Namespace) -> int:
@@ -109,3 +117,11 @@ def milvus_command(args: argparse.Namespace) -> int:
     from loadtest.milvus_bench import milvus_command
 
     return milvus_command(args)
+
+
+def ocr_command(args: argparse.Namespace) -> int:
+    from loadtest.ocr_bench import run
+
+    report = run(args.images, args.workers, not args.no_stack, args.out)
+    stack = report.get("stack")
+    return 0 if stack is None or stack["ok"] == stack["images"] else 1

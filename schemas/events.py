@@ -102,8 +102,11 @@ class ImageSubmitted(_Event):
         return match["bucket"], match["key"]
 
 
+SearchMode = Literal["vector", "text", "hybrid"]
+
+
 class TextQuery(_Event):
-    """Text-to-image search over the CLIP image collection."""
+    """Text-to-image search: by CLIP similarity, by words in captions and OCR text, or both."""
 
     event_id: Id
     query_id: Id
@@ -112,6 +115,11 @@ class TextQuery(_Event):
     collection: str | None = Field(default=None, max_length=64)
     image_ids: list[str] | None = Field(
         default=None, description="Restrict the search to these image ids."
+    )
+    mode: SearchMode = Field(
+        default="vector",
+        description="vector: CLIP similarity of the text to each image; text: BM25 of the "
+        "words over captions and OCR text; hybrid: reciprocal rank fusion of all three lists.",
     )
     submitted_at: datetime = Field(default_factory=utcnow)
 
@@ -149,10 +157,47 @@ class Neighbor(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str
-    score: float = Field(description="Cosine similarity, 1.0 = identical direction.")
+    score: float = Field(
+        description="Cosine similarity, 1.0 = identical direction; text search: the BM25 "
+        "score (summed over captions and OCR text); hybrid: the reciprocal-rank-fusion score."
+    )
     image_id: str | None = Field(
         default=None, description="Face neighbours: the image the face was found in."
     )
+    lists: list[str] | None = Field(
+        default=None,
+        description="Text and hybrid search: the ranked lists that found it (clip, caption, ocr).",
+    )
+
+
+Box = tuple[int, int, int, int]
+
+
+class OcrWord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    bbox: Box = Field(description="x, y, width, height in pixels of the submitted image.")
+    confidence: float = Field(description="Tesseract's word confidence, 0 to 1.")
+
+
+class OcrLine(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    text: str = Field(description="The line's words joined by single spaces.")
+    bbox: Box = Field(description="x, y, width, height in pixels of the submitted image.")
+    confidence: float = Field(description="Mean confidence of its words, 0 to 1.")
+    words: list[OcrWord] = Field(default_factory=list)
+
+
+class OcrText(BaseModel):
+    """The ocr task: the text read from an image (empty when it has none)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str = Field(description="Lines joined by newlines, blocks by blank lines.")
+    language: str = Field(description="The Tesseract language setting it was read with.")
+    lines: list[OcrLine] = Field(default_factory=list, description="In reading order.")
 
 
 class Face(BaseModel):
@@ -232,6 +277,7 @@ class TaskResult(_Event):
     faces: list[Face] | None = None
     labels: list[Label] | None = None
     caption: str | None = None
+    ocr: OcrText | None = Field(default=None, description="The ocr task: text read from the image.")
     classes: list[ClassPrediction] | None = Field(
         default=None, description="The classify task: one prediction per trained head."
     )

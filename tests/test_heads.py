@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from consumers.encoders.ocr import OcrEncoder, page_of
+from consumers.head_features import FeatureError, parse_features
 from consumers.heads import Head, HeadError, HeadInfo, HeadRegistry, fit, read_labels, save
+from consumers.settings import Settings
+from consumers.text_images import render
 
 
 def _blobs(per_class: int, dim: int = 8) -> tuple[np.ndarray, list[str]]:
@@ -85,3 +91,59 @@ def test_the_registry_reloads_when_a_head_is_added_and_skips_other_dims(tmp_path
     save(tmp_path / "heads", _info("kind", ["cat", "cup", "dog"]), head)
     save(tmp_path / "heads", _info("wide", ["cat", "cup", "dog"], dim=16), head)
     assert [h.info.name for h in registry.refresh()] == ["kind"]
+
+
+def _products(per_class: int) -> tuple[list[str], list[Image.Image]]:
+    """Product labels whose class is a word printed among others (seed 004's review photos)."""
+    rng = np.random.default_rng(5)
+    filler = ["organic", "fresh", "net", "weight", "best", "before", "daily", "premium", "pack"]
+    labels, images = [], []
+    for label in ("honey", "coffee"):
+        for _ in range(per_class):
+            words = [*rng.choice(filler, 3, replace=False), label]
+            rng.shuffle(words)
+            lines = [" ".join(words[:2]).title(), " ".join(words[2:]).title()]
+            labels.append(label)
+            images.append(render(lines, "DejaVuSans", 30))
+    return labels, images
+
+
+def test_the_ocr_feature_raises_held_out_accuracy_when_the_label_is_printed(
+    tmp_path: Path,
+) -> None:
+    """Vectors that carry no class (noise) against the same with the OCR text read by Debian's
+    tesseract: the OCR branch finds the printed class word."""
+    labels, images = _products(12)
+    settings = Settings(_env_file=None)
+    reader = OcrEncoder(settings.ocr, settings)
+    reader.load()
+    texts = [ocr.text for ocr in reader.read([page_of(image) for image in images])]
+    assert sum(label in text.lower() for label, text in zip(labels, texts, strict=True)) >= 22
+    noise = np.random.default_rng(9).normal(size=(len(labels), 8)).astype(np.float32)
+
+    # Seed 004's stack (logistic regression + SVC on the vectors, naive Bayes on the text).
+    _, clip_only, n_test = fit(noise, labels, "stack", 0.25)
+    head, with_ocr, _ = fit(noise, labels, "stack", 0.25, texts)
+    assert n_test == 6
+    assert clip_only is not None
+    assert with_ocr == 1.0
+    assert with_ocr >= clip_only + 0.3, clip_only
+
+    info = _info("product", [str(c) for c in head.classes_])
+    save(tmp_path, replace(info, method="stack", features=["clip", "ocr"]), head)
+    loaded = Head.load(tmp_path / "product.json")  # the skops trust check passes
+    assert loaded.uses_ocr
+    unseen = ["Premium Coffee", "Pack Of Honey"]
+    fresh = np.random.default_rng(10).normal(size=(2, 8)).astype(np.float32)
+    predicted = loaded.predict(fresh, unseen)
+    assert [p.label for p in predicted] == ["coffee", "honey"]
+    with pytest.raises(HeadError, match="reads OCR text"):
+        loaded.predict(noise[:2])
+
+
+def test_features_are_clip_or_clip_and_ocr() -> None:
+    assert parse_features("ocr, clip") == ["clip", "ocr"]
+    assert parse_features("clip") == ["clip"]
+    for bad in ("ocr", "clip,sift", ""):
+        with pytest.raises(FeatureError):
+            parse_features(bad)

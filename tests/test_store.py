@@ -295,6 +295,13 @@ def test_tenants_and_deletes_on_a_milvus_server(tmp_path: Path) -> None:
             _tenant_search_finds_upserted_rows(store)
         with VectorStore(MilvusSettings(uri=uri), "faces", DIM) as store:
             _delete_others_keeps_only_what_it_should(store)
+        # 2.3.5 predates Milvus's BM25 (2.5): text collections rank with bm25s instead.
+        from consumers.text_store import TextStore
+        from tests.test_text_search import words_rank_by_bm25
+
+        with TextStore(MilvusSettings(uri=uri), "texts") as texts:
+            assert texts.native_bm25 is False
+            words_rank_by_bm25(texts)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Encoders, one module each; importing this package registers them all explicitly."""
 
-from consumers.encoders import caption, clip, dinov2, face
+from consumers.encoders import caption, clip, dinov2, face, ocr
 from consumers.encoders.base import Encoder, encoder_class, registered
 
-__all__ = ["Encoder", "caption", "clip", "dinov2", "encoder_class", "face", "registered"]
+__all__ = ["Encoder", "caption", "clip", "dinov2", "encoder_class", "face", "ocr", "registered"]

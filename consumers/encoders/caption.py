@@ -1,12 +1,15 @@
 """Captions from a Hugging Face image-to-text model (default BLIP base), batched.
 
 Any checkpoint that ``AutoModelForImageTextToText`` loads and whose image processor
-yields fixed-size ``pixel_values`` works (BLIP, GIT, ViT-GPT2-style encoder-decoders);
-chat-style models (Qwen2-VL) need their own prompt templates and are not wired up.
+yields fixed-size ``pixel_values`` works (BLIP, GIT, ViT-GPT2-style encoder-decoders).
+Checkpoints whose processor has a chat template (SmolVLM/Idefics3, LLaVA-NeXT,
+Qwen2-VL) go through ``consumers/encoders/chat_caption.py`` instead: the prompt from
+settings in a chat turn, the model's own processor, one batched ``generate``.
 
 The stored vector of a caption row is the captioner's own pooled image feature,
 captured with a forward hook on its vision tower while ``generate`` runs: Milvus needs a
-vector per row, and this one is real and costs nothing extra.
+vector per row, and this one is real and costs nothing extra (chat models: the prompt's
+mean last hidden state, see there).
 
 Images are first shrunk by seed 002's policy: every side times ``halve_rate``, but the
 shorter side never below ``min_size`` (and never enlarged).
@@ -22,6 +25,7 @@ import torch
 from PIL import Image
 
 from consumers.encoders.base import Encoder, Vectors, register
+from consumers.encoders.chat_caption import DEFAULT_PROMPT, ChatCaptioner, chat_processor
 from consumers.encoders.pixels import PixelSpec, preprocess_image
 from consumers.encoders.weights import (
     ModelKind,
@@ -71,7 +75,8 @@ class _Bundle:
     model: Any
     processor: Any
     tokenizer: Any
-    tower: torch.nn.Module
+    tower: torch.nn.Module | None  # None for chat models
+    chat: ChatCaptioner | None = None
 
 
 @register
@@ -90,21 +95,31 @@ class CaptionEncoder(Encoder):
             self.task_settings, KIND, Path(self.settings.model_cache_dir), self._load_bundle
         )
         self._bundle = bundle
+        self.model_name = spec
+        if bundle.chat is not None:  # pixels are the processor's business; no hook
+            self.dim = bundle.chat.dim
+            return
         self._pixels = PixelSpec.from_processor(bundle.processor)
         if self._pixels is not None and self._pixels.min_side is not None:
             # Decoding may drop detail down to what both the model and the policy keep.
             self.min_input_side = max(self._pixels.min_side, self.options.min_size)
-        self.model_name = spec
-        config = getattr(bundle.tower, "config", None)
+        vision = bundle.tower or vision_tower(bundle.model)
+        config = getattr(vision, "config", None)
         self.dim = int(getattr(config, "hidden_size", 0) or bundle.model.config.hidden_size)
         # The hook sees the tower's output wherever generate() calls it from.
-        bundle.tower.register_forward_hook(self._capture)
+        vision.register_forward_hook(self._capture)
 
     def _load_bundle(self, source: str, local_files_only: bool) -> _Bundle:
         from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
         auto: Any = AutoModelForImageTextToText  # untyped in transformers' stubs
         model = auto.from_pretrained(source, local_files_only=local_files_only, dtype=self.dtype)
+        chat = chat_processor(source, local_files_only)
+        if chat is not None:
+            model = model.to(self.device).eval()
+            prompt = self.options.prompt or DEFAULT_PROMPT
+            captioner = ChatCaptioner(model, chat, prompt, self.options.max_new_tokens)
+            return _Bundle(model, chat, chat.tokenizer, None, captioner)
         image_processor: Any = AutoImageProcessor  # untyped in transformers' stubs
         processor = image_processor.from_pretrained(
             source, local_files_only=local_files_only, backend="pil"
@@ -122,19 +137,35 @@ class CaptionEncoder(Encoder):
     def _capture(self, _module: Any, _inputs: Any, output: Any) -> None:
         self._captured.append(_pooled(output))
 
+    def prepare_input(self, image: Image.Image) -> torch.Tensor | Image.Image:
+        """What ``caption`` takes: a pixel tensor, or for a chat model the shrunk image
+        (its processor batches images of different sizes itself)."""
+        if self.bundle.chat is not None:
+            return shrink(image, self.options.halve_rate, self.options.min_size)
+        return self.preprocess(image)
+
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         small = shrink(image, self.options.halve_rate, self.options.min_size)
         return preprocess_image(self._pixels, self.bundle.processor, small)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """The pooled image feature alone (what ``caption`` stores beside each caption)."""
+        if self.bundle.tower is None:
+            raise TypeError(f"{self.model_name}: a chat model's feature comes from caption()")
         with torch.inference_mode():
             output = self.bundle.tower(pixel_values=batch.to(self.device, self.dtype))
         self._captured.clear()
         return _pooled(output)
 
-    def caption(self, tensors: list[torch.Tensor]) -> tuple[list[str], Vectors]:
-        """Captions and L2-normalised image features, one batched ``generate``; blocking."""
+    def caption(self, inputs: list[Any]) -> tuple[list[str], Vectors]:
+        """Captions and L2-normalised image features, one batched ``generate``; blocking.
+        ``inputs`` are what ``prepare_input`` returned."""
+        if self.bundle.chat is not None:
+            texts, features = self.bundle.chat.caption(inputs)
+            return texts, self.postprocess(features)
+        return self._caption_pixels(inputs)
+
+    def _caption_pixels(self, tensors: list[torch.Tensor]) -> tuple[list[str], Vectors]:
         bundle, n = self.bundle, len(tensors)
         pixels = torch.stack(tensors).to(self.device, self.dtype)
         kwargs: dict[str, Any] = {"max_new_tokens": self.options.max_new_tokens}

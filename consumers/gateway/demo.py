@@ -27,7 +27,7 @@ from consumers.gateway.auth import SearchKey
 from consumers.gateway.errors import ApiError, ApiErrorCode, request_id
 from consumers.gateway.models import ERRORS
 from consumers.keys import staged_key
-from schemas.events import Neighbor, TextQuery, dump
+from schemas.events import Neighbor, SearchMode, TextQuery, dump
 
 router = APIRouter()
 SEARCH = "search"
@@ -40,6 +40,11 @@ class SearchRequest(BaseModel):
     top_k: int = Field(default=5, ge=1, le=100)
     collection: str | None = Field(default=None, description="Search this tenant only.")
     image_ids: list[str] | None = Field(default=None, description="Rank only these images.")
+    mode: SearchMode = Field(
+        default="vector",
+        description="vector: CLIP similarity; text: BM25 over captions and OCR text; "
+        "hybrid: reciprocal rank fusion of the three (docs/ocr-and-text-search.md).",
+    )
 
 
 class SearchResponse(BaseModel):
@@ -47,7 +52,9 @@ class SearchResponse(BaseModel):
     query_id: str
     model: str
     truncated: bool = Field(description="The text was cut to the model's token limit.")
-    results: list[Neighbor] = Field(description="Image ids, most similar to the text first.")
+    results: list[Neighbor] = Field(
+        description="Image ids, best match first; text and hybrid: with the lists that found each."
+    )
 
 
 @cache
@@ -78,7 +85,7 @@ async def demo_image(
     "/v1/search",
     response_model=SearchResponse,
     responses=ERRORS,
-    summary="Text-to-image search over the CLIP image collection",
+    summary="Text-to-image search: CLIP similarity, words in captions and OCR text, or both",
 )
 async def search(
     request: Request, gateway: Api, caller: SearchKey, body: Annotated[SearchRequest, Body()]

@@ -1,6 +1,16 @@
 """Image tasks, one module each; importing this package registers them explicitly."""
 
-from consumers.tasks import caption, embedding, face, heads, labels
+from consumers.tasks import caption, embedding, face, heads, labels, ocr
 from consumers.tasks.base import ImageTask, Job, task_class
 
-__all__ = ["ImageTask", "Job", "caption", "embedding", "face", "heads", "labels", "task_class"]
+__all__ = [
+    "ImageTask",
+    "Job",
+    "caption",
+    "embedding",
+    "face",
+    "heads",
+    "labels",
+    "ocr",
+    "task_class",
+]

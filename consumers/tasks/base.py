@@ -19,7 +19,9 @@ from PIL import Image
 from consumers.encoders.base import Encoder
 from consumers.keys import strip_tenant, vector_id
 from consumers.results import Stopwatch
+from consumers.settings import Settings
 from consumers.store import VectorStore
+from consumers.text_store import TextStore
 from schemas.events import ImageSubmitted, TaskResult
 from schemas.people import PersonChanged
 
@@ -55,6 +57,20 @@ class ImageTask(ABC, Generic[Prepared, Output]):
     def __init__(self, encoder: Encoder, store: VectorStore | None) -> None:
         self.encoder = encoder
         self._store = store
+        # Set by the service where ``text_collection`` names one (consumers/text_store.py).
+        self.text_store: TextStore | None = None
+
+    @classmethod
+    def text_collection(cls, settings: Settings) -> str | None:
+        """The Milvus text collection this task writes for text search (OCR text,
+        captions) or reads (classify: OCR text), or None."""
+        return None
+
+    @property
+    def texts(self) -> TextStore:
+        if self.text_store is None:
+            raise RuntimeError(f"the {self.name} task was built without a text store")
+        return self.text_store
 
     @property
     def store(self) -> VectorStore:
