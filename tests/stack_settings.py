@@ -71,10 +71,9 @@ async def clip_only_settings(
         s3.model_copy(update={"request_timeout_s": 5.0}),
         folder,
         folder.parent / "models",
-        # A batch's worst case, 6 x (5 s S3 + 10 s Milvus) + 20.5 s, fits in the interval
-        # also where a subprocess is given only the kafka and s3 sections.
-        kafka={"max_poll_interval_ms": 120_000},
-        **sections,
+        kafka={"max_poll_interval_ms": 90_000},
+        # Deadlines that keep a batch's worst case inside the 90 s poll interval.
+        **({"milvus": MilvusSettings(uri=str(folder / "milvus.db"), timeout_s=5.0)} | sections),
     )
     others = {
         name: settings.task(name).model_copy(update={"enabled": False})

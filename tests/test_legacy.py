@@ -198,7 +198,7 @@ class Halves:
 
     def __init__(self, settings: Settings, folder: Path) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESTREAM_")}
-        self.env = base | settings_env(settings, ("kafka", "s3", "legacy"))
+        self.env = base | settings_env(settings, ("kafka", "s3", "milvus", "legacy"))
         # A killed sender leaves a member the group waits for until its session times out.
         self.env |= {"IMAGESTREAM_KAFKA__SESSION_TIMEOUT_MS": "3000"}
         self.env |= {"IMAGESTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "500"}
