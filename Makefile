@@ -59,7 +59,7 @@ test: install lint
 
 # The record-boundary property tests with 20,000 examples each (make test runs 100).
 fuzz: install
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -p no:cacheprovider tests/test_boundary_properties.py
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -p no:cacheprovider --timeout=0 tests/test_boundary_properties.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -48,7 +48,11 @@ async def settings(
 ) -> Settings:
     return await stack_settings(
         kafka_broker.bootstrap_servers,
-        s3_server.model_copy(update={"endpoint_url": s3_proxy.url, "connect_timeout_s": 1.0}),
+        # 21 attempts x (2 s read + 10 s Milvus call) + 21 s of pauses fit in 300 s.
+        s3_server.model_copy(
+            update={"endpoint_url": s3_proxy.url, "connect_timeout_s": 1.0}
+            | {"request_timeout_s": 2.0}
+        ),
         tmp_path / "a",
         model_cache,
         partitions=4,
