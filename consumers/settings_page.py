@@ -40,8 +40,10 @@ or `random:<preset>` for random weights built offline into `IMAGESTREAM_MODEL_CA
 naming it, unless the task's `FALLBACK_MODEL` is set; the embedded stack (`make run`,
 `imagestream up`) sets {fallbacks}.
 
-A consumer refuses to start when `DELIVERY__RETRY_DELAYS_S` (summed) plus
-`DELIVERY__REPLAY_PAUSE_S` exceeds half of `KAFKA__MAX_POLL_INTERVAL_MS`.
+A consumer refuses to start when a batch's worst case during an outage, attempts x
+(`S3__REQUEST_TIMEOUT_S` + `MILVUS__TIMEOUT_S`) + `DELIVERY__RETRY_DELAYS_S` (summed) +
+`DELIVERY__REPLAY_PAUSE_S`, exceeds `KAFKA__MAX_POLL_INTERVAL_MS` (the defaults: 200.5 s
+of 300; [delivery.md](delivery.md#timeouts-and-the-max_poll_interval-budget)).
 """
 
 
