@@ -186,21 +186,27 @@ def test_health_checks_and_start_order(compose: dict[str, Any]) -> None:
         assert waits["kafka-init"]["condition"] == "service_completed_successfully", name
 
 
+# Consumers whose task has no model on a device (Tesseract runs on the CPU).
+CPU_CONSUMERS = {"ocr"}
+
+
 def test_gpu_reservations_and_scalable_replicas(compose: dict[str, Any]) -> None:
     for name, service in ours(compose).items():
         consume = service["command"][0] == "consume"
+        gpu = consume and name not in CPU_CONSUMERS
         deploy = service.get("deploy", {})
         devices = deploy.get("resources", {}).get("reservations", {}).get("devices", [])
-        assert bool(devices) == consume, f"{name}: GPUs are for consumers only"
-        if consume:
+        assert bool(devices) == gpu, f"{name}: GPUs are for the model consumers only"
+        if gpu:
             assert service["image"] == "imagestream:cuda"
             assert devices[0]["capabilities"] == ["gpu"]
             assert devices[0]["driver"] == "nvidia"
+        if consume:
             assert int(deploy["replicas"]) >= 1
             # --scale: replicas can have neither a fixed name nor a published port.
             assert "container_name" not in service
             assert "ports" not in service
-        else:
+        if not gpu:
             assert service["image"] == "imagestream:cpu"
 
 
