@@ -2,7 +2,8 @@
 
 The poller and the callback sender share nothing but settings and may run in separate
 processes (``--only poller`` / ``--only sender``) and as many replicas as wanted: the
-senders share one consumer group, and every poller publishes what it was handed.
+senders share one consumer group, and every poller publishes what it was handed. The
+sender half also runs the loop that sends failed callbacks again (``resend.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import aiohttp
 from consumers.kafka import make_producer, started
 from consumers.legacy.callbacks import CallbackClient, CallbackSender
 from consumers.legacy.poller import Poller
+from consumers.legacy.resend import Resender, Resends
 from consumers.legacy.sources import SourceResolver
 from consumers.legacy.ssrf import AddressGuard, guarded_session
 from consumers.s3 import S3Store
@@ -43,10 +45,15 @@ async def _poller(settings: Settings, stack: AsyncExitStack, guard: AddressGuard
     return Poller(settings, await _producer(settings, stack), sources, polling)
 
 
-async def _sender(settings: Settings, stack: AsyncExitStack, guard: AddressGuard) -> CallbackSender:
+async def _sender(
+    settings: Settings, stack: AsyncExitStack, guard: AddressGuard
+) -> tuple[CallbackSender, Resender]:
+    """The callbacks of results, and the loop that sends failed ones again."""
     http = await stack.enter_async_context(guarded_session(guard, settings.legacy.http_timeout_s))
     client = CallbackClient(settings.legacy, http, guard)
-    return CallbackSender(settings, client, await _producer(settings, stack))
+    producer = await _producer(settings, stack)
+    resender = Resender(settings, Resends(settings, client, producer))
+    return CallbackSender(settings, client, producer), resender
 
 
 async def _producer(settings: Settings, stack: AsyncExitStack) -> Any:
@@ -73,7 +80,8 @@ async def legacy_adapter(
         if "poller" in halves:
             runs.append((await _poller(settings, stack, guard)).run(stop))
         if "sender" in halves:
-            runs.append((await _sender(settings, stack, guard)).run(stop))
+            sender, resender = await _sender(settings, stack, guard)
+            runs += [sender.run(stop), resender.run(stop)]
         tasks = [asyncio.create_task(run) for run in runs]
         for task in tasks:
             task.add_done_callback(_report_failure)

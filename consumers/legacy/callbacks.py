@@ -10,9 +10,10 @@ clients parse, with no ids (a real answer always holds at least the image's own 
 5xx answers, 408/429, timeouts and connection errors are retried with exponential
 backoff; other answers (4xx, redirects) and URLs the SSRF guard refuses are not. A
 callback that still fails is published, with its body, as a ``CallbackFailed`` on
-``results.v1.callbacks.failed``. Offsets are committed only after every callback of a
-batch was delivered or recorded there, so a crash means redelivery (at-least-once
-callbacks), never a lost one.
+``results.v1.callbacks.failed``, where the adapter's re-send loop (``resend.py``) picks
+it up and sends it again until the backend answers. Offsets are committed only after
+every callback of a batch was delivered or recorded there, so a crash means redelivery
+(at-least-once callbacks), never a lost one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from consumers.kafka import client_kwargs, started
+from consumers.legacy.backoff import backoff_s
 from consumers.legacy.publish import publish_until_acked
 from consumers.legacy.ssrf import AddressGuard, Refused, check_url
 from consumers.settings import LegacySettings, Settings
@@ -80,6 +81,7 @@ class Outcome:
     delivered: bool
     attempts: int
     error: str = ""
+    retriable: bool = True  # False: the target refused it for good; sending again won't help
 
 
 class CallbackClient:
@@ -92,14 +94,12 @@ class CallbackClient:
         self.http = http
         self.guard = guard
 
-    def _backoff(self, attempt: int) -> float:
+    async def send(self, url: str, body: dict[str, Any], attempts: int | None = None) -> Outcome:
+        """Up to ``attempts`` requests (default ``legacy.callback_attempts``)."""
         legacy = self.legacy
-        delay = legacy.callback_backoff_s * 2.0 ** (attempt - 1)
-        return min(delay, legacy.callback_backoff_max_s) * random.uniform(0.8, 1.2)
-
-    async def send(self, url: str, body: dict[str, Any]) -> Outcome:
+        attempts = attempts or legacy.callback_attempts
         error = ""
-        for attempt in range(1, self.legacy.callback_attempts + 1):
+        for attempt in range(1, attempts + 1):
             try:
                 target = check_url(url, self.guard)
                 async with self.http.get(target, json=body, allow_redirects=False) as response:
@@ -107,14 +107,15 @@ class CallbackClient:
                         return Outcome(True, attempt)
                     error = f"HTTP {response.status}"
                     if response.status < 500 and response.status not in _RETRIABLE_STATUS:
-                        return Outcome(False, attempt, f"{error} (not retried)")
+                        return Outcome(False, attempt, f"{error} (not retried)", retriable=False)
             except Refused as exc:
-                return Outcome(False, attempt - 1, f"callback URL refused: {exc}")
+                return Outcome(False, attempt - 1, f"callback URL refused: {exc}", retriable=False)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 error = repr(exc)
-            if attempt < self.legacy.callback_attempts:
-                await asyncio.sleep(self._backoff(attempt))
-        return Outcome(False, self.legacy.callback_attempts, error)
+            if attempt < attempts:
+                first, most = legacy.callback_backoff_s, legacy.callback_backoff_max_s
+                await asyncio.sleep(backoff_s(attempt, first, most))
+        return Outcome(False, attempts, error)
 
 
 class CallbackSender:
@@ -193,6 +194,7 @@ class CallbackSender:
                 body=body,
                 attempts=outcome.attempts,
                 error=outcome.error,
+                retriable=outcome.retriable,
             )
             topic = self.topics.callbacks_failed
             await publish_until_acked(self.producer, topic, result.image_id, dump(failed), stop)
