@@ -158,7 +158,8 @@ class Resender:
             if failed is not None and self.wanted(failed):
                 wait_s = self.due_in_s(failed)
                 if wait_s > 0:
-                    # In order: what follows it failed later and is due later still.
+                    # In order: what follows failed later. It may be due sooner (fewer
+                    # rounds), but waits at most resend_backoff_max_s behind this one.
                     consumer.seek(tp, record.offset)
                     consumer.pause(tp)
                     self._paused[tp] = asyncio.get_running_loop().time() + wait_s
