@@ -10,7 +10,7 @@ from aiohttp import web
 from yarl import URL
 
 from consumers.cli import _parser
-from consumers.legacy.callbacks import Outcome, legacy_body
+from consumers.legacy.callbacks import Outcome, callback_worst_s, legacy_body
 from consumers.legacy.poller import parse_job
 from consumers.legacy.resend import Resender, failed_again
 from consumers.legacy.sources import host_allowed, s3_uri_for_url
@@ -206,3 +206,10 @@ def test_legacy_resend_is_a_subcommand_and_legacy_alone_still_runs_the_adapter()
     plain = _parser().parse_args(["legacy", "--only", "sender"])
     assert plain.only == "sender"
     assert not hasattr(plain, "handler")
+
+
+def test_a_callbacks_worst_case_counts_every_timeout_and_every_pause() -> None:
+    # 8 tries of 10 s, and pauses 0.5, 1, 2, 4, 8, 8, 8 (capped) at +20%: the sender's
+    # poll interval is stretched past this, so a hanging target never costs its group.
+    assert callback_worst_s(LegacySettings()) == pytest.approx(80 + 1.2 * 31.5)
+    assert callback_worst_s(LegacySettings(callback_attempts=1)) == pytest.approx(10)

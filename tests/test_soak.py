@@ -10,6 +10,7 @@ import pytest
 
 from consumers.cli import _parser
 from loadtest.cli import _config
+from loadtest.generator import Phase, _events
 from loadtest.soak import RssSample, family_rss, growth, rss_bytes
 
 
@@ -56,3 +57,13 @@ def test_loadtest_soak_takes_a_number_of_events() -> None:
     assert _config(args).soak == 20000
     with pytest.raises(SystemExit, match="--soak"):
         _config(_parser().parse_args(["loadtest", "--soak", "-1"]))
+
+
+def test_the_soak_submits_the_same_images_again_under_their_own_ids() -> None:
+    uris = [f"s3://images/loadtest/{n:06d}.jpg" for n in range(3)]
+    events = _events(Phase("soak", 7), uris, "run", "clip", same_images=True)
+    assert [e.image_id for e in events] == [f"run-{n % 3:06d}" for n in range(7)]
+    assert [e.uri for e in events] == [uris[n % 3] for n in range(7)]
+    assert len({e.event_id for e in events}) == 7  # each one a new event
+    fresh = _events(Phase("round", 4), uris, "run", "clip")
+    assert len({e.image_id for e in fresh}) == 4

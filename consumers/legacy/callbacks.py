@@ -76,6 +76,15 @@ def legacy_body(result: TaskResult, limit: int) -> dict[str, Any]:
     return {"result": [legacy_ids(result, limit)]}
 
 
+def callback_worst_s(legacy: LegacySettings) -> float:
+    """One callback's longest run: every attempt timing out, every pause at +20%."""
+    pauses = sum(
+        min(legacy.callback_backoff_s * 2.0**n, legacy.callback_backoff_max_s)
+        for n in range(legacy.callback_attempts - 1)
+    )
+    return legacy.callback_attempts * legacy.http_timeout_s + 1.2 * pauses
+
+
 @dataclass(frozen=True)
 class Outcome:
     delivered: bool
@@ -143,14 +152,20 @@ class CallbackSender:
             auto_offset_reset=kafka.auto_offset_reset,
             session_timeout_ms=kafka.session_timeout_ms,
             heartbeat_interval_ms=kafka.heartbeat_interval_ms,
-            max_poll_interval_ms=kafka.max_poll_interval_ms,
+            # Against a target that accepts and never answers, a batch takes
+            # callback_worst_s: the group must not drop the sender meanwhile.
+            max_poll_interval_ms=max(
+                kafka.max_poll_interval_ms, round(1500 * callback_worst_s(self.legacy))
+            ),
         )
 
     async def run(self, stop: asyncio.Event) -> None:
         async with started(self._consumer()) as consumer:
             log.info("legacy callbacks for %s, group %s", self.topics.results, self.group_id)
             while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=1000, max_records=64)
+                # One wave of callbacks per batch: see _consumer().
+                slots = self.legacy.callback_concurrency
+                batches = await consumer.getmany(timeout_ms=1000, max_records=slots)
                 if not batches:
                     continue
                 await self.handle([r.value or b"" for rs in batches.values() for r in rs], stop)

@@ -149,7 +149,11 @@ class Resender:
                     consumer.resume(tp)
 
     async def _partition(
-        self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: Sequence[Any], stop: Any
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        records: Sequence[Any],
+        stop: asyncio.Event,
     ) -> None:
         todo: list[CallbackFailed] = []
         commit_at: int | None = None
