@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("gateway", help="serve the HTTP gateway (IMAGESTREAM_GATEWAY__*)")
     legacy = sub.add_parser("legacy", help="run the legacy polling adapter (POLLING_URL)")
     legacy.add_argument("--only", choices=["poller", "sender"], help="run one half only")
+    from consumers.legacy.resend import add_command as add_resend_command
+
+    add_resend_command(legacy)  # legacy resend
     schemas = sub.add_parser(
         "schemas", help="write schemas/generated (JSON Schema, AsyncAPI) and docs/configuration.md"
     )

@@ -184,6 +184,28 @@ class LegacySettings(BaseModel):
     callback_backoff_s: float = Field(default=0.5, gt=0, description="First retry delay.")
     callback_backoff_max_s: float = Field(default=8.0, gt=0, description="Longest retry delay.")
     callback_concurrency: int = Field(default=16, ge=1)
+    # Outages wait: a source or a backend that is down delays answers, it does not fail them.
+    source_wait_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="How long a job whose image source (S3, the download URL) is down is "
+        "retried before its backend is answered `unavailable`.",
+    )
+    source_backoff_s: float = Field(default=1.0, gt=0, description="First source retry delay.")
+    source_backoff_max_s: float = Field(default=30.0, gt=0, description="Longest one.")
+    source_waiting_jobs: int = Field(
+        default=256, ge=1, description="Jobs waiting for their source at once; then polls pause."
+    )
+    resend_backoff_s: float = Field(
+        default=30.0, gt=0, description="Pause before a failed callback is sent again (doubling)."
+    )
+    resend_backoff_max_s: float = Field(default=300.0, gt=0, description="Longest such pause.")
+    resend_for_s: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="How long after its first failure the adapter re-sends a callback; "
+        "later ones only by `imagestream legacy resend`.",
+    )
 
 
 class GatewaySettings(BaseModel):

@@ -50,6 +50,8 @@ def add_commands(sub: Any) -> None:
     lt.add_argument("--out", type=Path, default=d.out, help=DEFAULTS_NOTE)
     lt.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per phase")
     lt.add_argument("--model-cache-dir", type=Path, help="default: IMAGESTREAM_MODEL_CACHE_DIR")
+    lt.add_argument("--soak", type=int, default=0, metavar="N",
+                    help="instead: N events, consumers' memory sampled (docs/soak.md)")  # fmt: skip
     lt.set_defaults(handler=loadtest_command)
     bench = sub.add_parser("bench", help="component benchmarks").add_subparsers(
         dest="bench", required=True
@@ -78,6 +80,10 @@ def loadtest_command(args: argparse.Namespace) -> int:
 
     config = _config(args)
     console = Console()
+    if config.soak:
+        from loadtest.soak import print_soak, soak
+
+        return 0 if print_soak(asyncio.run(soak(config, console)), console) else 1
     report = asyncio.run(loadtest(config, console))
     print_summary(report, console)
     saturation = report["phases"]["saturation"]
@@ -99,7 +105,7 @@ def _config(args: argparse.Namespace) -> Any:
             legacy_sleep_iterations=args.legacy_sleep_iterations,
             legacy_sleep_s=args.legacy_sleep, milvus=args.milvus, partitions=args.partitions,
             consumers=args.consumers, out=args.out, timeout_s=args.timeout,
-            model_cache_dir=args.model_cache_dir,
+            model_cache_dir=args.model_cache_dir, soak=args.soak,
             extra_env=dict(_setting(item) for item in args.env),
         )  # fmt: skip
     except ValueError as exc:

@@ -27,8 +27,11 @@ class LoadtestConfig:
     timeout_s: float = 900.0
     model_cache_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    soak: int = 0  # > 0: the soak mode instead, this many events with memory sampled
 
     def __post_init__(self) -> None:
+        if self.soak < 0:
+            raise ValueError("--soak must be a number of events")
         if self.rounds < 1 or self.images < 1:
             raise ValueError("--rounds and --images must be at least 1")
         if self.consumers > 1 and self.milvus == "lite":

@@ -137,13 +137,21 @@ def cpu_seconds(pid: int | None) -> float | None:
     stats = _proc_stats()
     if pid not in stats:
         return None
+    return sum(stats[p][1] for p in descendants(pid, stats)) / _CLOCK_TICKS
+
+
+def descendants(pid: int, stats: dict[int, tuple[int, int]] | None = None) -> set[int]:
+    """The process and its live descendants (Linux /proc; empty elsewhere)."""
+    stats = _proc_stats() if stats is None else stats
+    if pid not in stats:
+        return set()
     family, frontier = {pid}, [pid]
     while frontier:
         parent = frontier.pop()
         children = [p for p, (ppid, _) in stats.items() if ppid == parent and p not in family]
         family.update(children)
         frontier.extend(children)
-    return sum(stats[p][1] for p in family) / _CLOCK_TICKS
+    return family
 
 
 def cores_used(spans: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
@@ -175,6 +183,8 @@ def thread_cpu_seconds(pid: int | None) -> dict[str, float]:
 def _proc_stats() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, user + system ticks)."""
     stats: dict[int, tuple[int, int]] = {}
+    if not Path("/proc/self/stat").exists():
+        return stats
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (stat := _read_stat(entry)) is not None:
             _, parent, ticks = stat

@@ -74,12 +74,18 @@ async def presigned_urls(s3: S3Store, uris: Sequence[str], expires_s: int = 3600
     return urls
 
 
-def _events(phase: Phase, uris: Sequence[str], run_id: str, task: str) -> list[ImageSubmitted]:
-    """Image ids are unique per phase and run; objects are reused round-robin."""
+def _events(
+    phase: Phase, uris: Sequence[str], run_id: str, task: str, same_images: bool = False
+) -> list[ImageSubmitted]:
+    """Objects are reused round-robin. Image ids are unique per phase and run, or with
+    ``same_images`` one per object (the same images submitted again: a collection that
+    stops growing)."""
     return [
         ImageSubmitted(
             event_id=uuid.uuid4().hex,
-            image_id=f"{run_id}-{phase.name}-{i:06d}",
+            image_id=(
+                f"{run_id}-{i % len(uris):06d}" if same_images else f"{run_id}-{phase.name}-{i:06d}"
+            ),
             uri=uris[i % len(uris)],
             tasks=[task],
             top_k=20,
@@ -112,8 +118,9 @@ async def run_phase(
     task: str,
     timeout_s: float,
     on_result: Callable[[Sample], None] = lambda _: None,
+    same_images: bool = False,
 ) -> Phase:
-    events = _events(phase, uris, run_id, task)
+    events = _events(phase, uris, run_id, task, same_images)
     expected = {e.event_id: {task} for e in events}
 
     def received(result: TaskResult) -> None:

@@ -166,13 +166,13 @@ def _cpu(
 
 async def _phase(
     settings: Settings, phase: Phase, uris: list[str], config: LoadtestConfig, run_id: str,
-    bars: Progress,
+    bars: Progress, same_images: bool = False,
 ) -> Phase:  # fmt: skip
     label = f"{phase.name} ({f'{phase.rate:.1f}/s' if phase.rate else 'all at once'})"
     bar = bars.add_task(label, total=phase.count)
     await run_phase(
         settings, phase, uris, run_id=run_id, task=TASK, timeout_s=config.timeout_s,
-        on_result=lambda _: bars.advance(bar),
+        on_result=lambda _: bars.advance(bar), same_images=same_images,
     )  # fmt: skip
     return phase
 

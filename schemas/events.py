@@ -303,7 +303,19 @@ class CallbackFailed(_Event):
     body: dict[str, Any] = Field(description="The JSON body the callback would have sent.")
     attempts: int = Field(description="Requests made (0 when the URL itself was refused).")
     error: str = Field(description="Why the last attempt failed.")
+    retriable: bool = Field(
+        default=True,
+        description="False when the target refused it for good (a 4xx, a refused URL): "
+        "the adapter re-sends only retriable callbacks on its own.",
+    )
+    resends: int = Field(default=0, ge=0, description="Re-send rounds that failed so far.")
+    first_failed_at: datetime | None = Field(
+        default=None, description="When the callback first failed (unset: `failed_at`)."
+    )
     failed_at: datetime = Field(default_factory=utcnow)
+
+    def since(self) -> datetime:
+        return self.first_failed_at or self.failed_at
 
 
 def result_id(source_event_id: str, task: str) -> str:

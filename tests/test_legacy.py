@@ -20,12 +20,14 @@ from consumers.kafka import client_kwargs, started
 from consumers.launcher import running_consumers
 from consumers.legacy.adapter import legacy_adapter
 from consumers.legacy.emulator import LegacyBackend
+from consumers.legacy.resend import outstanding, resend_command
 from consumers.s3 import S3Store
 from consumers.servers import Broker
 from consumers.settings import LegacySettings, S3Settings, Settings
 from schemas.events import CallbackFailed
 from schemas.topics import Topics
 from tests.stack_settings import clip_only_settings, settings_env, small_jpegs
+from tests.tcp_proxy import ProxyProcess
 
 pytestmark = pytest.mark.integration
 MODEL = "clip-vit"  # the legacy MODEL_NAME the CLIP jobs are polled under
@@ -57,6 +59,12 @@ async def settings(
         allowed_hosts=["127.0.0.1"],
         callback_backoff_s=0.3,
         callback_backoff_max_s=3.0,
+        # The outage test's budgets: below its outage, so that it runs every waiting path.
+        callback_attempts=4,
+        source_wait_s=120.0,
+        source_backoff_max_s=4.0,
+        resend_backoff_s=1.0,
+        resend_backoff_max_s=4.0,
     )
     folder = tmp_path_factory.mktemp("legacy")
     live = await clip_only_settings(
@@ -108,6 +116,18 @@ async def _read_failed(settings: Settings) -> dict[str, CallbackFailed]:
                     failed = CallbackFailed.model_validate_json(record.value)
                     found[failed.legacy_id] = failed
         return found
+
+
+async def left_to_resend(settings: Settings, job_ids: set[str]) -> set[str]:
+    """Those of ``job_ids`` that ``imagestream legacy resend`` would send (given a few
+    seconds for the loop's commit after its last delivery)."""
+    for _ in range(10):
+        chosen = await outstanding(settings, hours=None, include_refused=False)
+        left = job_ids & {failed.legacy_id for failed in chosen}
+        if not left:
+            break
+        await asyncio.sleep(0.5)
+    return left
 
 
 def assert_legacy_shape(backend: LegacyBackend, job_id: str, known: set[str]) -> list[str]:
@@ -168,30 +188,113 @@ async def test_jobs_are_answered_at_their_callbacks_in_the_legacy_shape(
     print(f"\n{len(good)} jobs answered in the legacy shape; ids per callback: {lengths}")
 
 
-async def test_a_callback_target_down_for_10_s_gets_its_callbacks_after_recovery(
-    settings: Settings, backend: LegacyBackend, adapter: None
+OUTAGE_S = 62.0  # longer than any single budget of the adapter before this test's
+
+
+def through(settings: Settings, s3: ProxyProcess) -> Settings:
+    """``settings`` with S3 reached through the proxy ``s3``."""
+    return settings.model_copy(
+        update={"s3": settings.s3.model_copy(update={"endpoint_url": s3.url})}
+    )
+
+
+async def test_sources_and_callbacks_down_for_over_a_minute_are_waited_out(
+    settings: Settings, backend: LegacyBackend, s3_server: S3Settings
 ) -> None:
+    """The download host, the adapter's S3 and the callback target go down together
+    for OUTAGE_S: s3:// jobs are processed meanwhile and their failed callbacks re-sent
+    in rounds; jobs that need the source wait for it; once all is back every job hears
+    its real answer, and none an error."""
     run = uuid.uuid4().hex[:6]
     uris = await upload(settings, {f"{run}/{n}.jpg": d for n, d in enumerate(small_jpegs(3, 2))})
-    broken = f"{run}-broken"
-    backend.failing[broken] = 503  # down for good: recorded after every retry
-    await backend.callbacks_down()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    jobs = {backend.add_job(MODEL, f"{run}-{n}", uri)["id"] for n, uri in enumerate(uris.values())}
-    backend.add_job(MODEL, broken, next(iter(uris.values())))
-    await asyncio.sleep(10)
-    assert not jobs & set(backend.callbacks)
-    await backend.callbacks_up()
-    assert await backend.wait_for_callbacks(jobs, timeout_s=30) == set()
-    recovered_after = loop.time() - started
-    for job_id in jobs:
+    main_port = int(backend.url.rsplit(":", 1)[1])
+    s3_port = int((s3_server.endpoint_url or "").rsplit(":", 1)[1])
+    async with (
+        ProxyProcess("127.0.0.1", main_port) as source,
+        ProxyProcess("127.0.0.1", s3_port) as s3,
+    ):
+        files = [backend.add_file(f"{run}-{n}.jpg", d) for n, d in enumerate(small_jpegs(3, 5))]
+        for proxy in (source, s3):
+            await proxy.block()
+        await backend.callbacks_down()
+        loop = asyncio.get_running_loop()
+        async with legacy_adapter(through(settings, s3)):
+            down_at = loop.time()
+            direct = {
+                backend.add_job(MODEL, f"{run}-s3-{n}", u)["id"]
+                for n, u in enumerate(uris.values())
+            }
+            # Two downloads through the cut source; one from the live backend, staged into
+            # S3 through the cut proxy.
+            fetched = [f.replace(backend.url, source.url) for f in files[:2]]
+            waiting = {
+                backend.add_job(MODEL, f"{run}-dl-{n}", f)["id"] for n, f in enumerate(fetched)
+            }
+            waiting.add(backend.add_job(MODEL, f"{run}-staged", files[2])["id"])
+            # Meanwhile the s3:// jobs are answered, and their callbacks fail and are re-sent.
+            resent = await failed_callbacks(
+                settings, wait_for=f"{run}-s3-0", timeout_s=OUTAGE_S - 10
+            )
+            assert direct <= set(resent), resent.keys()
+            await asyncio.sleep(OUTAGE_S - (loop.time() - down_at))
+            assert not (direct | waiting) & set(backend.callbacks)
+            for proxy in (source, s3):
+                await proxy.unblock()
+            await backend.callbacks_up()
+            up_at = loop.time()
+            assert await backend.wait_for_callbacks(direct | waiting, timeout_s=40) == set()
+            answered_in = loop.time() - up_at
+    assert up_at - down_at >= 60
+    for job_id in direct | waiting:  # the real answer, never `unavailable`
         assert_legacy_shape(backend, job_id, backend.added)
-    failed = await failed_callbacks(settings, wait_for=broken)
-    assert failed[broken].attempts == settings.legacy.callback_attempts
-    assert failed[broken].error == "HTTP 503"
-    assert not jobs & set(failed)
-    print(f"\ncallbacks delivered {recovered_after:.1f}s after the jobs, 10s of it down")
+    failed = await failed_callbacks(settings)
+    rounds = {job_id: failed[job_id].resends for job_id in direct}
+    assert min(rounds.values()) >= 5, rounds  # re-sent in rounds all through the outage
+    assert not waiting & set(failed)  # those waited for their source, then were delivered
+    assert await left_to_resend(settings, direct) == set()  # `legacy resend` leaves them be
+    print(
+        f"\n{OUTAGE_S:.0f} s outage: {len(direct | waiting)} jobs answered {answered_in:.1f} s "
+        f"after recovery; re-send rounds per s3:// job during it: {rounds}"
+    )
+
+
+async def test_a_source_down_past_source_wait_s_is_answered_unavailable(
+    settings: Settings, backend: LegacyBackend
+) -> None:
+    short = settings.legacy.model_copy(update={"source_wait_s": 3.0, "source_backoff_s": 0.5})
+    job_id = f"{uuid.uuid4().hex[:6]}-gone"
+    async with ProxyProcess("127.0.0.1", int(backend.url.rsplit(":", 1)[1])) as source:
+        await source.block()
+        async with legacy_adapter(settings.model_copy(update={"legacy": short})):
+            started = asyncio.get_running_loop().time()
+            backend.add_job(MODEL, job_id, f"{source.url}/files/never.jpg")
+            assert await backend.wait_for_callbacks({job_id}, timeout_s=30) == set()
+            waited = asyncio.get_running_loop().time() - started
+    (callback,) = backend.callbacks[job_id]
+    assert callback.body["error"]["code"] == "unavailable", callback.body
+    assert "unavailable for 3 s" in callback.body["error"]["message"]
+    assert waited >= 3.0
+
+
+async def test_legacy_resend_sends_refused_callbacks_again_on_demand(
+    settings: Settings, backend: LegacyBackend, adapter: None
+) -> None:
+    """A 404 is not re-sent by the loop; ``imagestream legacy resend --include-refused``
+    sends it once the backend is fixed."""
+    run = uuid.uuid4().hex[:6]
+    (uri,) = (await upload(settings, {f"{run}/0.jpg": small_jpegs(1, 7)[0]})).values()
+    job_id = f"{run}-refused"
+    backend.failing[job_id] = 404
+    backend.add_job(MODEL, job_id, uri)
+    failed = await failed_callbacks(settings, wait_for=job_id)
+    assert not failed[job_id].retriable
+    del backend.failing[job_id]
+    await resend_command(settings, None, include_refused=False, dry_run=False)
+    assert job_id not in backend.callbacks  # refused for good: only when asked for
+    await resend_command(settings, 1.0, include_refused=True, dry_run=True)
+    assert job_id not in backend.callbacks
+    await resend_command(settings, 1.0, include_refused=True, dry_run=False)
+    assert assert_legacy_shape(backend, job_id, backend.added)[0] == job_id
 
 
 class Halves:

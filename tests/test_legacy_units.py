@@ -1,13 +1,18 @@
-"""The legacy adapter's pure parts: the SSRF guard, s3_path mapping, jobs and bodies."""
+"""The legacy adapter's pure parts: the SSRF guard, s3_path mapping, jobs, bodies and
+the re-send schedule."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import pytest
 from aiohttp import web
 from yarl import URL
 
-from consumers.legacy.callbacks import legacy_body
+from consumers.cli import _parser
+from consumers.legacy.callbacks import Outcome, callback_worst_s, legacy_body
 from consumers.legacy.poller import parse_job
+from consumers.legacy.resend import Resender, failed_again
 from consumers.legacy.sources import host_allowed, s3_uri_for_url
 from consumers.legacy.ssrf import (
     AddressGuard,
@@ -16,7 +21,8 @@ from consumers.legacy.ssrf import (
     get_following_redirects,
     guarded_session,
 )
-from schemas.events import Face, Neighbor, Status, TaskError, TaskResult
+from consumers.settings import LegacySettings, Settings
+from schemas.events import CallbackFailed, Face, Neighbor, Status, TaskError, TaskResult, utcnow
 
 REFUSED = [
     ("http://127.0.0.1/x", "loopback"),
@@ -161,3 +167,49 @@ def test_an_error_result_is_an_empty_list_plus_the_error() -> None:
     error = TaskError(code="object_not_found", message="no such key")
     body = legacy_body(_result(status=Status.ERROR, error=error), 20)
     assert body == {"result": [[]], "error": {"code": "object_not_found", "message": "no such key"}}
+
+
+def _failed(**fields: object) -> CallbackFailed:
+    base: dict[str, object] = {
+        "result_id": "r", "image_id": "i", "task": "clip", "callback_url": "http://b/cb",
+        "legacy_id": "i", "body": {"result": [["i"]]}, "attempts": 8, "error": "HTTP 503",
+    }  # fmt: skip
+    return CallbackFailed.model_validate(base | fields)
+
+
+def test_a_failed_callback_is_due_after_a_doubling_pause_and_kept_for_resend_for_s() -> None:
+    legacy = LegacySettings(resend_backoff_s=10, resend_backoff_max_s=25, resend_for_s=3600)
+    resender = Resender(Settings(_env_file=None, legacy=legacy), None)  # type: ignore[arg-type]
+    now = utcnow()
+    assert 9 < resender.due_in_s(_failed(failed_at=now)) <= 10
+    assert 19 < resender.due_in_s(_failed(failed_at=now, resends=1)) <= 20
+    assert 24 < resender.due_in_s(_failed(failed_at=now, resends=5)) <= 25  # capped
+    assert resender.due_in_s(_failed(failed_at=now - timedelta(seconds=30))) < 0
+    assert resender.wanted(_failed(first_failed_at=now - timedelta(minutes=59)))
+    assert not resender.wanted(_failed(first_failed_at=now - timedelta(minutes=61)))
+    assert not resender.wanted(_failed(retriable=False))
+
+
+def test_a_callback_failing_again_keeps_when_it_first_failed_and_counts_the_round() -> None:
+    first = _failed(failed_at=utcnow() - timedelta(minutes=5))
+    again = failed_again(first, Outcome(False, 1, "HTTP 502"))
+    assert (again.resends, again.attempts, again.error) == (1, 1, "HTTP 502")
+    assert again.first_failed_at == first.failed_at < again.failed_at
+    third = failed_again(again, Outcome(False, 1, "HTTP 404 (not retried)", retriable=False))
+    assert (third.resends, third.retriable, third.since()) == (2, False, first.failed_at)
+
+
+def test_legacy_resend_is_a_subcommand_and_legacy_alone_still_runs_the_adapter() -> None:
+    args = _parser().parse_args(["legacy", "resend", "--hours", "2", "--include-refused"])
+    assert (args.hours, args.include_refused, args.dry_run) == (2.0, True, False)
+    assert callable(args.handler)
+    plain = _parser().parse_args(["legacy", "--only", "sender"])
+    assert plain.only == "sender"
+    assert not hasattr(plain, "handler")
+
+
+def test_a_callbacks_worst_case_counts_every_timeout_and_every_pause() -> None:
+    # 8 tries of 10 s, and pauses 0.5, 1, 2, 4, 8, 8, 8 (capped) at +20%: the sender's
+    # poll interval is stretched past this, so a hanging target never costs its group.
+    assert callback_worst_s(LegacySettings()) == pytest.approx(80 + 1.2 * 31.5)
+    assert callback_worst_s(LegacySettings(callback_attempts=1)) == pytest.approx(10)

@@ -13,11 +13,10 @@ import pytest
 from aiohttp import web
 
 from consumers.errors import ItemError
-from consumers.legacy.adapter import guards
 from consumers.legacy.callbacks import CallbackClient
 from consumers.legacy.poller import Poller
 from consumers.legacy.sources import SourceResolver, SourceUnavailable
-from consumers.legacy.ssrf import Refused, guarded_session
+from consumers.legacy.ssrf import Refused, guarded_session, guards
 from consumers.redact import redact_text, redact_url
 from consumers.s3 import S3Store
 from consumers.settings import LegacySettings, S3Settings, Settings

@@ -2,7 +2,8 @@
 
 The poller and the callback sender share nothing but settings and may run in separate
 processes (``--only poller`` / ``--only sender``) and as many replicas as wanted: the
-senders share one consumer group, and every poller publishes what it was handed.
+senders share one consumer group, and every poller publishes what it was handed. The
+sender half also runs the loop that sends failed callbacks again (``resend.py``).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import aiohttp
 from consumers.kafka import make_producer, started
 from consumers.legacy.callbacks import CallbackClient, CallbackSender
 from consumers.legacy.poller import Poller
+from consumers.legacy.resend import Resender, Resends
 from consumers.legacy.sources import SourceResolver
-from consumers.legacy.ssrf import AddressGuard, guarded_session
+from consumers.legacy.ssrf import AddressGuard, guarded_session, guards
 from consumers.s3 import S3Store
-from consumers.settings import LegacySettings, Settings
+from consumers.settings import Settings
 from consumers.signals import stop_event
 
 log = logging.getLogger("imagestream.legacy")
@@ -43,10 +45,15 @@ async def _poller(settings: Settings, stack: AsyncExitStack, guard: AddressGuard
     return Poller(settings, await _producer(settings, stack), sources, polling)
 
 
-async def _sender(settings: Settings, stack: AsyncExitStack, guard: AddressGuard) -> CallbackSender:
+async def _sender(
+    settings: Settings, stack: AsyncExitStack, guard: AddressGuard
+) -> tuple[CallbackSender, Resender]:
+    """The callbacks of results, and the loop that sends failed ones again."""
     http = await stack.enter_async_context(guarded_session(guard, settings.legacy.http_timeout_s))
     client = CallbackClient(settings.legacy, http, guard)
-    return CallbackSender(settings, client, await _producer(settings, stack))
+    producer = await _producer(settings, stack)
+    resender = Resender(settings, Resends(settings, client, producer))
+    return CallbackSender(settings, client, producer), resender
 
 
 async def _producer(settings: Settings, stack: AsyncExitStack) -> Any:
@@ -58,15 +65,6 @@ async def _producer(settings: Settings, stack: AsyncExitStack) -> Any:
 def _report_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("a legacy adapter half stopped", exc_info=task.exception())
-
-
-def guards(legacy: LegacySettings) -> tuple[AddressGuard, AddressGuard]:
-    """(downloads, callbacks): separate, so a network opened for callbacks is not one a
-    download may reach (through a redirect, say). ``allowed_networks`` is the old name
-    of ``callback_networks``."""
-    downloads = AddressGuard(legacy.download_networks, "download_networks")
-    networks = [*legacy.callback_networks, *legacy.allowed_networks]
-    return downloads, AddressGuard(networks, "callback_networks")
 
 
 @asynccontextmanager
@@ -82,7 +80,8 @@ async def legacy_adapter(
         if "poller" in halves:
             runs.append((await _poller(settings, stack, downloads)).run(stop))
         if "sender" in halves:
-            runs.append((await _sender(settings, stack, callbacks)).run(stop))
+            sender, resender = await _sender(settings, stack, callbacks)
+            runs += [sender.run(stop), resender.run(stop)]
         tasks = [asyncio.create_task(run) for run in runs]
         for task in tasks:
             task.add_done_callback(_report_failure)

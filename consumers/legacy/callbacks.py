@@ -10,9 +10,10 @@ clients parse, with no ids (a real answer always holds at least the image's own 
 5xx answers, 408/429, timeouts and connection errors are retried with exponential
 backoff; other answers (4xx, redirects) and URLs the SSRF guard refuses are not. A
 callback that still fails is published, with its body, as a ``CallbackFailed`` on
-``results.v1.callbacks.failed``. Offsets are committed only after every callback of a
-batch was delivered or recorded there, so a crash means redelivery (at-least-once
-callbacks), never a lost one.
+``results.v1.callbacks.failed``, where the adapter's re-send loop (``resend.py``) picks
+it up and sends it again until the backend answers. Offsets are committed only after
+every callback of a batch was delivered or recorded there, so a crash means redelivery
+(at-least-once callbacks), never a lost one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from consumers.kafka import client_kwargs, started
+from consumers.legacy.backoff import backoff_s
 from consumers.legacy.publish import publish_until_acked
 from consumers.legacy.ssrf import AddressGuard, Refused, check_url
 from consumers.redact import redact_text, redact_url
@@ -76,11 +77,21 @@ def legacy_body(result: TaskResult, limit: int) -> dict[str, Any]:
     return {"result": [legacy_ids(result, limit)]}
 
 
+def callback_worst_s(legacy: LegacySettings) -> float:
+    """One callback's longest run: every attempt timing out, every pause at +20%."""
+    pauses = sum(
+        min(legacy.callback_backoff_s * 2.0**n, legacy.callback_backoff_max_s)
+        for n in range(legacy.callback_attempts - 1)
+    )
+    return legacy.callback_attempts * legacy.http_timeout_s + 1.2 * pauses
+
+
 @dataclass(frozen=True)
 class Outcome:
     delivered: bool
     attempts: int
     error: str = ""
+    retriable: bool = True  # False: the target refused it for good; sending again won't help
 
 
 class CallbackClient:
@@ -93,14 +104,12 @@ class CallbackClient:
         self.http = http
         self.guard = guard
 
-    def _backoff(self, attempt: int) -> float:
+    async def send(self, url: str, body: dict[str, Any], attempts: int | None = None) -> Outcome:
+        """Up to ``attempts`` requests (default ``legacy.callback_attempts``)."""
         legacy = self.legacy
-        delay = legacy.callback_backoff_s * 2.0 ** (attempt - 1)
-        return min(delay, legacy.callback_backoff_max_s) * random.uniform(0.8, 1.2)
-
-    async def send(self, url: str, body: dict[str, Any]) -> Outcome:
+        attempts = attempts or legacy.callback_attempts
         error = ""
-        for attempt in range(1, self.legacy.callback_attempts + 1):
+        for attempt in range(1, attempts + 1):
             try:
                 target = check_url(url, self.guard)
                 async with self.http.get(target, json=body, allow_redirects=False) as response:
@@ -108,14 +117,15 @@ class CallbackClient:
                         return Outcome(True, attempt)
                     error = f"HTTP {response.status}"
                     if response.status < 500 and response.status not in _RETRIABLE_STATUS:
-                        return Outcome(False, attempt, f"{error} (not retried)")
+                        return Outcome(False, attempt, f"{error} (not retried)", retriable=False)
             except Refused as exc:
-                return Outcome(False, attempt - 1, f"callback URL refused: {exc}")
+                return Outcome(False, attempt - 1, f"callback URL refused: {exc}", retriable=False)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 error = redact_text(repr(exc))  # aiohttp's errors repeat the URL
-            if attempt < self.legacy.callback_attempts:
-                await asyncio.sleep(self._backoff(attempt))
-        return Outcome(False, self.legacy.callback_attempts, error)
+            if attempt < attempts:
+                first, most = legacy.callback_backoff_s, legacy.callback_backoff_max_s
+                await asyncio.sleep(backoff_s(attempt, first, most))
+        return Outcome(False, attempts, error)
 
 
 class CallbackSender:
@@ -143,14 +153,20 @@ class CallbackSender:
             auto_offset_reset=kafka.auto_offset_reset,
             session_timeout_ms=kafka.session_timeout_ms,
             heartbeat_interval_ms=kafka.heartbeat_interval_ms,
-            max_poll_interval_ms=kafka.max_poll_interval_ms,
+            # Against a target that accepts and never answers, a batch takes
+            # callback_worst_s: the group must not drop the sender meanwhile.
+            max_poll_interval_ms=max(
+                kafka.max_poll_interval_ms, round(1500 * callback_worst_s(self.legacy))
+            ),
         )
 
     async def run(self, stop: asyncio.Event) -> None:
         async with started(self._consumer()) as consumer:
             log.info("legacy callbacks for %s, group %s", self.topics.results, self.group_id)
             while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=1000, max_records=64)
+                # One wave of callbacks per batch: see _consumer().
+                slots = self.legacy.callback_concurrency
+                batches = await consumer.getmany(timeout_ms=1000, max_records=slots)
                 if not batches:
                     continue
                 await self.handle([r.value or b"" for rs in batches.values() for r in rs], stop)
@@ -195,6 +211,7 @@ class CallbackSender:
                 body=body,
                 attempts=outcome.attempts,
                 error=outcome.error,
+                retriable=outcome.retriable,
             )
             topic = self.topics.callbacks_failed
             await publish_until_acked(self.producer, topic, result.image_id, dump(failed), stop)

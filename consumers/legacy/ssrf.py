@@ -26,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -34,6 +34,9 @@ from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from consumers.redact import redact_url
+
+if TYPE_CHECKING:
+    from consumers.settings import LegacySettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SCHEMES = ("http", "https")
@@ -149,3 +152,12 @@ async def get_following_redirects(
         response.release()
         target = check_url(target.join(URL(location)), guard, hosts)
     raise Refused(f"more than {MAX_REDIRECTS} redirects from {redact_url(url)}")
+
+
+def guards(legacy: LegacySettings) -> tuple[AddressGuard, AddressGuard]:
+    """(downloads, callbacks): separate, so a network opened for callbacks is not one a
+    download may reach (through a redirect, say). ``allowed_networks`` is the old name
+    of ``callback_networks``."""
+    downloads = AddressGuard(legacy.download_networks, "download_networks")
+    networks = [*legacy.callback_networks, *legacy.allowed_networks]
+    return downloads, AddressGuard(networks, "callback_networks")
