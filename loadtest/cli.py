@@ -60,6 +60,9 @@ def add_commands(sub: Any) -> None:
     milvus.add_argument("--dim", type=int, default=512)
     milvus.add_argument("--out", type=Path, default=Path(".imagestream") / "bench-milvus.json")
     milvus.set_defaults(handler=milvus_command)
+    from loadtest import engines_bench
+
+    engines_bench.add_parser(bench)
 
 
 def loadtest_command(args: argparse.Namespace) -> int:

@@ -127,3 +127,27 @@ def encoder_class(task: str) -> type[Encoder]:
 
 def registered() -> list[str]:
     return sorted(_REGISTRY)
+
+
+# Model-spec prefixes whose encoder replaces the task's own (``sim:``), and for which tasks.
+_BY_PREFIX: dict[str, tuple[type[Encoder], tuple[str, ...]]] = {}
+
+
+def register_spec_prefix(
+    prefix: str, tasks: tuple[str, ...]
+) -> Callable[[type[Encoder]], type[Encoder]]:
+    def decorator(cls: type[Encoder]) -> type[Encoder]:
+        _BY_PREFIX[prefix] = (cls, tasks)
+        return cls
+
+    return decorator
+
+
+def make_encoder(task: str, settings: Settings) -> Encoder:
+    """The encoder for ``task``: its registered class, or the one its model spec's
+    prefix names (``sim:``, consumers/encoders/sim.py), unloaded."""
+    section = settings.task(task)
+    for prefix, (cls, tasks) in _BY_PREFIX.items():
+        if section.model.startswith(prefix) and task in tasks:
+            return cls(section, settings)
+    return encoder_class(task)(section, settings)
