@@ -60,9 +60,10 @@ def add_commands(sub: Any) -> None:
     milvus.add_argument("--dim", type=int, default=512)
     milvus.add_argument("--out", type=Path, default=Path(".imagestream") / "bench-milvus.json")
     milvus.set_defaults(handler=milvus_command)
-    from loadtest import engines_bench
+    from loadtest import engines_bench, scaleout
 
     engines_bench.add_parser(bench)
+    scaleout.add_parser(bench)
 
 
 def loadtest_command(args: argparse.Namespace) -> int:
