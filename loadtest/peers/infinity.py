@@ -3,11 +3,11 @@
 The server runs from its own virtual environment (its pins clash with ours: transformers
 < 5; ``make bench-peers`` builds it), started and stopped here on 127.0.0.1 with the very
 checkpoint the consumers load, ``random:vit-b-32``: the folder imagestream built and
-saved with ``save_pretrained``, copied with one field changed (transformers 5 names the
-tokenizer class ``TokenizersBackend``, which 4.x cannot load; the tokenizer itself is
-the same ``tokenizer.json``). Clients post the loadtest's synthetic JPEGs as data URIs
-to ``/embeddings`` (``"modality": "image"``), a bounded number of requests in flight,
-and Infinity batches them across requests (its dynamic batching).
+saved with ``save_pretrained``, copied with two tokenizer fields changed for
+transformers 4.x (``checkpoint``); weights and image processor are untouched. Clients
+post the loadtest's synthetic JPEGs as data URIs to ``/embeddings`` (``"modality":
+"image"``), a bounded number of requests in flight, and Infinity batches them across
+requests (its dynamic batching).
 
 Infinity's image embedding has one engine, torch (its optimum/ONNX engine covers text
 embedders, rerankers and classifiers, not CLIP images): the settings here are its
@@ -49,6 +49,12 @@ def checkpoint(cache_dir: Path, out: Path) -> Path:
     config = json.loads(tokenizer_config.read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     tokenizer_config.write_text(json.dumps(config, indent=2))
+    # 4.x's CLIPTokenizerFast insists on a Sequence pre-tokenizer (CLIP's own format): the
+    # same byte-level step, wrapped in a sequence of one, tokenizes identically.
+    tokenizer_file = target / "tokenizer.json"
+    tokenizer = json.loads(tokenizer_file.read_text())
+    tokenizer["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [tokenizer["pre_tokenizer"]]}
+    tokenizer_file.write_text(json.dumps(tokenizer))
     return target
 
 
@@ -133,7 +139,8 @@ async def _throughput(
             start = queue.get_nowait()
             count = min(per_request, total - start)
             chunk = [images[(start + k) % len(images)] for k in range(count)]
-            done += len(await embed(session, url, chunk))
+            vectors = await embed(session, url, chunk)
+            done += len(vectors)  # after the await: `done += len(await ...)` loses updates
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
