@@ -84,7 +84,7 @@ $(INFINITY_VENV)/.installed:
 	$(INFINITY_VENV)/bin/pip install -q torch==2.13.0
 	echo "torch==2.13.0" > $(INFINITY_VENV)/constraints.txt
 	$(INFINITY_VENV)/bin/pip install -q -c $(INFINITY_VENV)/constraints.txt \
-		"infinity-emb[server,vision]==0.0.78" "transformers<5" aiohttp
+		"infinity-emb[server,vision]==0.0.78" "transformers<5" aiohttp protobuf
 	$(INFINITY_VENV)/bin/pip uninstall -y -q torchvision
 	@touch $@
 
