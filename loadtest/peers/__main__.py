@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=32, help="Infinity --batch-size, max_records")
     p.add_argument("--concurrency", type=int, default=32, help="Infinity requests in flight")
     p.add_argument("--per-request", type=int, default=1, help="images per Infinity request")
-    p.add_argument("--engines", nargs="+", default=["torch/fp32", "openvino/fp32"],
+    p.add_argument("--engines", nargs="+", default=["torch/fp32", "onnx/fp32"],
                    metavar="ENGINE/PRECISION", help="imagestream settings, in turn")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path(".imagestream") / "bench-peers")
     return p
@@ -100,22 +100,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "vs_infinity": best["vs_infinity"], "loadavg_end": loadavg()}  # fmt: skip
 
 
+def summary(report: dict[str, Any], out: Path) -> list[str]:
+    """The lines printed at the end; the last is ``vs_infinity=<ratio>``."""
+    peer = report["infinity"]
+    speeds = " ".join(f"{r['images_per_s']:.1f}" for r in peer["rounds"])
+    lines = [
+        f"infinity (torch, batch {peer['batch_size']}): {peer['images_per_s']:.1f} images/s "
+        f"(rounds {speeds}); same model: min cosine {peer['min_cosine_vs_imagestream']:.5f}"
+    ]
+    lines += [
+        f"imagestream {row['setting']}: e2e {row['e2e_images_per_s'] or 0:.1f} images/s, "
+        f"bare {row['bare_images_per_s']:.1f}, vs_infinity {row['vs_infinity']:.3f}"
+        for row in report["imagestream"]
+    ]
+    return [*lines, f"report: {out}", f"vs_infinity={report['vs_infinity']:.3f}"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     report = run(args)
-    (args.out / "peers.json").write_text(json.dumps(report, indent=2))
-    ours, peer = report["imagestream"], report["infinity"]
-    print(
-        f"infinity   {peer['images_per_s']:8.1f} images/s  rounds "
-        + " ".join(f"{r['images_per_s']:.1f}" for r in peer["rounds"])
-    )
-    print(
-        f"imagestream e2e {ours['e2e_images_per_s'] or 0:8.1f} images/s, "
-        f"bare {ours['bare_images_per_s']:.1f}, efficiency {ours['efficiency'] or 0:.3f}"
-    )
-    print(f"same model: min cosine {peer['min_cosine_vs_imagestream']:.5f}")
-    print(f"report: {args.out / 'peers.json'}")
-    print(f"vs_infinity={report['vs_infinity']:.3f}")
+    out = args.out / "peers.json"
+    out.write_text(json.dumps(report, indent=2))
+    print("\n".join(summary(report, out)))
     return 0
 
 
