@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run up test fuzz lint format schemas bench clean
+.PHONY: install run up test fuzz lint format schemas bench bench-engines bench-scaleout bench-peers clean
 
 install: $(STAMP)
 
@@ -77,6 +77,34 @@ schemas: install
 # process through the embedded broker, S3 server and milvus-lite. Last line: efficiency=<ratio>.
 bench: install
 	$(BIN)/imagestream loadtest --model random:vit-b-32 --batch 32 --out .imagestream/bench
+
+# Bare images/s of every engine and precision, round-robin in one process
+# (docs/engines.md). Last line: fastest=<engine>/<precision> x<ratio to torch fp32>.
+bench-engines: install
+	$(BIN)/imagestream bench engines --model random:vit-b-32 --batch 32
+
+# 1, 2, 4 consumers on a simulated GPU (sim:40ms/32) against the Milvus server
+# (docs/benchmarks-peers.md): images/s, CPU ms per image, cores to feed one GPU.
+bench-scaleout: install
+	$(BIN)/imagestream bench scaleout --model sim:40ms/32 --consumers 1 2 4
+
+# Infinity (infinity-emb) beside imagestream on the same checkpoint and JPEGs
+# (docs/benchmarks-peers.md). Infinity gets its own venv: it pins transformers < 5,
+# and any torch other than the local CPU build pulls CUDA wheels (hence the constraint);
+# the torchvision it brings does not match that torch and its CLIP path does not need it.
+INFINITY_VENV ?= .venv-infinity
+$(INFINITY_VENV)/.installed:
+	$(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/pip install -q --upgrade pip
+	$(INFINITY_VENV)/bin/pip install -q torch==2.13.0
+	echo "torch==2.13.0" > $(INFINITY_VENV)/constraints.txt
+	$(INFINITY_VENV)/bin/pip install -q -c $(INFINITY_VENV)/constraints.txt \
+		"infinity-emb[server,vision]==0.0.78" "transformers<5" aiohttp protobuf
+	$(INFINITY_VENV)/bin/pip uninstall -y -q torchvision
+	@touch $@
+
+bench-peers: install $(INFINITY_VENV)/.installed
+	$(BIN)/python -m loadtest.peers --venv $(INFINITY_VENV)
 
 clean:
 	rm -rf .imagestream .pytest_cache .mypy_cache .ruff_cache

@@ -19,7 +19,7 @@ from faststream.kafka import KafkaBroker
 
 from consumers.delivery import BatchHandler, Delivered, Handled, Indexed
 from consumers.dlq import dead_letter
-from consumers.encoders import encoder_class
+from consumers.encoders import make_encoder
 from consumers.fit import publish_result
 from consumers.kafka import make_broker
 from consumers.keys import StagingAreas
@@ -143,7 +143,7 @@ class ConsumerService:
 
     async def _build_pipeline(self, task: str, pools: Pools) -> ImagePipeline:
         task_settings = self.settings.task(task)
-        encoder = encoder_class(task)(task_settings, self.settings)
+        encoder = make_encoder(task, self.settings)
         started = perf_counter()
         await asyncio.to_thread(encoder.load)
         MODEL_LOAD_S.labels(task, encoder.model_name).set(perf_counter() - started)

@@ -297,8 +297,9 @@ class Settings(BaseSettings):
                 section.model = self.clip.model
                 if "fallback_model" not in section.model_fields_set:
                     section.fallback_model = self.clip.fallback_model
-                if "device" not in section.model_fields_set:
-                    section.device = self.clip.device
+                for name in ("device", "engine", "precision"):
+                    if name not in section.model_fields_set:
+                        setattr(section, name, getattr(self.clip, name))
         return self
 
     @model_validator(mode="after")

@@ -7,8 +7,9 @@ and the sections that go with them: text search, zero-shot label sets.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 RUNTIME_DIR = Path(".imagestream")  # runtime files: stack endpoints, logs, classifier heads
 
@@ -30,7 +31,40 @@ class TaskSettings(BaseModel):
     collection: str
 
 
-class ClipSettings(TaskSettings):
+# The precisions each engine runs (why: consumers/encoders/engines.py).
+ENGINE_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "torch": ("fp32", "bf16"),
+    "onnx": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16", "int8"),
+}
+
+
+def check_supported(engine: str, precision: str) -> None:
+    if precision not in ENGINE_PRECISIONS[engine]:
+        allowed = ", ".join(ENGINE_PRECISIONS[engine])
+        raise ValueError(f"engine {engine} runs precision {allowed}, not {precision}")
+
+
+class EngineSettings(BaseModel):
+    """How a task's model runs on a CPU (``consumers/encoders/engines.py``): torch eager,
+    or a graph exported once and run by ONNX Runtime or OpenVINO, in a precision."""
+
+    engine: Literal["torch", "onnx", "openvino"] = Field(
+        default="torch", description="torch, onnx (ONNX Runtime) or openvino; CPU only."
+    )
+    precision: Literal["fp32", "bf16", "int8"] = Field(
+        default="fp32",
+        description="fp32; bf16 (torch autocast, OpenVINO's bf16 hint); int8 (dynamic "
+        "quantization: onnx, openvino).",
+    )
+
+    @model_validator(mode="after")
+    def _engine_supports_precision(self) -> EngineSettings:
+        check_supported(self.engine, self.precision)
+        return self
+
+
+class ClipSettings(EngineSettings, TaskSettings):
     model: str = "openai/clip-vit-base-patch32"
     collection: str = "clip_images"
 
@@ -88,7 +122,7 @@ class FaceSettings(TaskSettings):
     people: PeopleSettings = Field(default_factory=PeopleSettings)
 
 
-class Dinov2Settings(TaskSettings):
+class Dinov2Settings(EngineSettings, TaskSettings):
     """DINOv2 image features in their own collection, keyed by the same image id as CLIP."""
 
     enabled: bool = Field(default=False, description="Off unless enabled (`make run` enables it).")
@@ -153,11 +187,11 @@ class OcrSettings(TaskSettings):
     )
 
 
-class ClipHeadSettings(TaskSettings):
+class ClipHeadSettings(EngineSettings, TaskSettings):
     """A task that scores CLIP image vectors (labels, classify) and stores nothing.
 
-    Its model follows the clip section's (model, fallback, device) unless set, so one
-    loaded CLIP serves clip, labels, classify and search in one process.
+    Its model follows the clip section's (model, fallback, device, engine, precision)
+    unless set, so one loaded CLIP serves clip, labels, classify and search in one process.
     """
 
     model: str = Field(default="", description="Empty = the clip section's model.")

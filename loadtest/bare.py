@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from consumers.decode import decode_image
-from consumers.encoders import encoder_class
+from consumers.encoders import make_encoder
 from consumers.encoders.base import Encoder
 from consumers.settings import Settings
 from loadtest.consumer import self_cpu_seconds
@@ -25,7 +25,7 @@ from loadtest.stats import percentiles
 
 
 def load_encoder(settings: Settings, task: str = "clip") -> Encoder:
-    encoder = encoder_class(task)(settings.task(task), settings)
+    encoder = make_encoder(task, settings)
     encoder.load()
     return encoder
 

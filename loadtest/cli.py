@@ -70,6 +70,10 @@ def add_commands(sub: Any) -> None:
     ocr.add_argument("--no-stack", action="store_true", help="bare runs only")
     ocr.add_argument("--out", type=Path, default=Path(".imagestream") / "bench-ocr.json")
     ocr.set_defaults(handler=ocr_command)
+    from loadtest import engines_bench, scaleout
+
+    engines_bench.add_parser(bench)
+    scaleout.add_parser(bench)
 
 
 def loadtest_command(args: argparse.Namespace) -> int:

@@ -3,9 +3,13 @@
 Needs only torch and transformers (numpy comes with them); torchvision, when present,
 adds batched GPU JPEG decoding (``torchvision.io.decode_jpeg(..., device="cuda")``);
 Pillow, when present, adds the CPU-decode path. No imagestream import, so the file can
-be copied to a GPU box alone::
+be copied to a GPU box alone (then ``--no-e2e``). One command, about 8 minutes on an
+H100, one JSON file::
 
-    python loadtest/gpu_bench.py --models vit-b-32 vit-l-14 --batch 256 --dtype fp16
+    python loadtest/gpu_bench.py --out .imagestream/gpu-bench.json
+
+``--dry-run`` runs every step on the CPU with the tiny preset in seconds, to check the
+script and the JSON's shape where no GPU is.
 
 Random weights of the CLIP vision towers of openai/clip-vit-base-patch32 and
 clip-vit-large-patch14 (throughput does not depend on the weights). Reports images/s
@@ -13,6 +17,9 @@ for: ``encode`` (preprocessed tensors already on the GPU), ``gpu_decode+encode``
 bytes in pinned host memory -> nvJPEG -> resize/crop/normalise on the GPU -> model) and
 ``cpu_decode+encode`` (Pillow decode + resize in a thread pool into pinned memory,
 non-blocking copy, normalise on the GPU; the next batch decodes while this one encodes).
+Then ``e2e``: ``imagestream loadtest`` on the GPU through the embedded stack (broker, S3
+server, milvus-lite, one consumer process), when imagestream is installed, within what
+is left of ``--budget-s``; its steady images/s, efficiency and p99 go into the JSON.
 """
 
 from __future__ import annotations
@@ -22,9 +29,13 @@ import importlib
 import io
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -195,7 +206,36 @@ def bench_model(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def e2e(args: argparse.Namespace, seconds_left: float) -> dict[str, Any]:
+    """``imagestream loadtest`` as a child process, bounded by ``seconds_left``."""
+    command = shutil.which("imagestream")
+    base = [command] if command else [sys.executable, "-m", "consumers.cli"]
+    if not command and _optional("consumers.cli") is None:
+        return {"skipped": "imagestream is not installed here (copy the repo and its venv)"}
+    out = Path(args.out).parent / "gpu-bench-e2e"
+    tiny = args.dry_run
+    argv = [
+        "loadtest", "--device", args.device, "--out", str(out), "--legacy-iterations", "0",
+        "--model", "random:tiny" if tiny else "random:vit-b-32",
+        "--batch", str(args.batch), "-n", str(args.e2e_images), "--rounds", "2",
+        "--latency-seconds", "0" if tiny else "20", "--bare-batches", "1" if tiny else "5",
+        "--timeout", str(max(30, int(seconds_left))),
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(
+            [*base, *argv], check=False, timeout=seconds_left, capture_output=True, text=True
+        )
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"did not finish within the {seconds_left:.0f} s left"}
+    report_file = out / "report.json"
+    if done.returncode not in (0, 1) or not report_file.exists():
+        return {"failed": done.returncode, "stderr_tail": done.stderr[-2000:]}
+    verdicts = json.loads(report_file.read_text())["verdicts"]
+    keep = ("e2e_images_per_s", "bare_images_per_s", "efficiency", "latency")
+    return {key: verdicts.get(key) for key in keep} | {"report": str(report_file)}
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["vit-b-32", "vit-l-14"], choices=PRESETS)
     parser.add_argument("--batch", type=int, default=256)
@@ -204,16 +244,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--distinct", type=int, default=256, help="distinct JPEGs cycled")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 4, help="CPU decoders")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", default=".imagestream/gpu-bench.json", help="the one JSON")
+    parser.add_argument("--budget-s", type=float, default=480, help="whole run, e2e included")
+    parser.add_argument("--e2e", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--e2e-images", type=int, default=8192, help="per saturation round")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="CPU, tiny preset: checks the script and JSON"
+    )
+    return parser
+
+
+def _dry_run(args: argparse.Namespace) -> None:
+    args.models, args.device, args.dtype = ["tiny"], "cpu", "fp32"
+    args.batch, args.batches, args.distinct, args.threads = 4, 1, 4, 2
+    args.e2e_images = 16
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
+    args = _parser().parse_args(argv)
+    if args.dry_run:
+        _dry_run(args)
     torch.backends.cuda.matmul.allow_tf32 = True
     environment = {
         "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
         "torch": torch.__version__,
         "torchvision": getattr(_optional("torchvision"), "__version__", None),
+        "dry_run": args.dry_run,
     }
     print(json.dumps(environment), flush=True)
+    result: dict[str, Any] = {"environment": environment, "models": []}
     for preset in args.models:
-        print(json.dumps(bench_model(preset, args)), flush=True)
+        result["models"].append(bench_model(preset, args))
+        print(json.dumps(result["models"][-1]), flush=True)
+    if args.e2e:
+        result["e2e"] = e2e(args, args.budget_s - (time.perf_counter() - started))
+        print(json.dumps({"e2e": result["e2e"]}), flush=True)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}", flush=True)
     return 0
 
 

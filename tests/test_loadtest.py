@@ -116,12 +116,34 @@ def test_the_cli_routes_loadtest_to_its_handler() -> None:
         _config(_parser().parse_args(["loadtest", "--consumers", "2", "--milvus", "lite"]))
 
 
-def test_the_gpu_bench_script_runs_on_the_cpu_with_a_tiny_model(
-    capsys: pytest.CaptureFixture[str],
+def test_the_gpu_bench_dry_run_writes_one_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["--models", "tiny", "--batch", "4", "--batches", "1", "--distinct", "4"]
-    assert gpu_bench.main([*argv, "--device", "cpu", "--dtype", "fp32", "--threads", "2"]) == 0
-    environment, figures = map(json.loads, capsys.readouterr().out.splitlines())
+    out = tmp_path / "gpu.json"
+    # --no-e2e: the embedded-stack step is imagestream loadtest, tested on its own.
+    assert gpu_bench.main(["--dry-run", "--no-e2e", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["environment"]["dry_run"] is True
+    assert [m["model"] for m in result["models"]] == ["tiny"]
+    assert result["models"][0]["encode images/s"] > 0
+    assert "e2e" not in result
+    assert f"wrote {out}" in capsys.readouterr().out
+    defaults = gpu_bench._parser().parse_args([])
+    assert (defaults.batch, defaults.dtype, defaults.budget_s, defaults.e2e) == (
+        256,
+        "fp16",
+        480,
+        True,
+    )
+
+
+def test_the_gpu_bench_script_runs_on_the_cpu_with_a_tiny_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--models", "tiny", "--batch", "4", "--batches", "1", "--distinct", "4", "--no-e2e"]
+    argv += ["--device", "cpu", "--dtype", "fp32", "--threads", "2", "--out", str(tmp_path / "g")]
+    assert gpu_bench.main(argv) == 0
+    environment, figures = map(json.loads, capsys.readouterr().out.splitlines()[:2])
     assert environment["device"] == "cpu"
     assert figures["model"] == "tiny"
     assert figures["encode images/s"] > 0

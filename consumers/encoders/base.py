@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import ClassVar
 
 import numpy as np
@@ -21,6 +22,7 @@ from PIL import Image
 
 from consumers.encoders.cpu_workers import CpuWorkers, cpu_workers
 from consumers.settings import Settings, TaskSettings
+from consumers.task_settings import EngineSettings
 
 Vectors = NDArray[np.float32]
 
@@ -31,9 +33,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def pick_dtype(device: torch.device) -> torch.dtype:
-    """fp16 on CUDA, fp32 on CPU (CPU half precision is slower, not faster)."""
-    return torch.float16 if device.type == "cuda" else torch.float32
+def pick_dtype(device: torch.device, precision: str = "fp32") -> torch.dtype:
+    """fp16 on CUDA (bf16 if asked), fp32 weights on CPU: CPU bf16 runs under autocast,
+    which keeps fp32 where bf16 kernels would lose precision or speed."""
+    if device.type == "cuda":
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.float32
 
 
 class Encoder(ABC):
@@ -43,7 +48,10 @@ class Encoder(ABC):
         self.task_settings = task
         self.settings = settings
         self.device = pick_device(task.device)
-        self.dtype = pick_dtype(self.device)
+        # torch, or an exported graph (consumers/encoders/engines.py), and its precision.
+        self.engine = task.engine if isinstance(task, EngineSettings) else "torch"
+        self.precision = task.precision if isinstance(task, EngineSettings) else "fp32"
+        self.dtype = pick_dtype(self.device, self.precision)
         self.model_name: str = task.model
         self.dim: int = 0
         # The shortest image side ``preprocess`` needs (None = any): decoders may shrink
@@ -78,8 +86,15 @@ class Encoder(ABC):
 
     @property
     def parallel_forward(self) -> bool:
-        """Whether ``forward`` may run in several threads at once (a torch module may)."""
-        return True
+        """Whether a CPU batch is split over single-threaded workers: a torch module's
+        is; an exported engine spreads one call over every core itself."""
+        return self.engine == "torch"
+
+    def autocast(self) -> AbstractContextManager[object]:
+        """torch's CPU bf16 autocast where ``precision`` asks for it, else nothing."""
+        if self.engine == "torch" and self.precision == "bf16" and self.device.type == "cpu":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return nullcontext()
 
     def cpu_workers(self) -> CpuWorkers | None:
         """The workers a CPU batch is split over; None on an accelerator, or where
@@ -112,3 +127,27 @@ def encoder_class(task: str) -> type[Encoder]:
 
 def registered() -> list[str]:
     return sorted(_REGISTRY)
+
+
+# Model-spec prefixes whose encoder replaces the task's own (``sim:``), and for which tasks.
+_BY_PREFIX: dict[str, tuple[type[Encoder], tuple[str, ...]]] = {}
+
+
+def register_spec_prefix(
+    prefix: str, tasks: tuple[str, ...]
+) -> Callable[[type[Encoder]], type[Encoder]]:
+    def decorator(cls: type[Encoder]) -> type[Encoder]:
+        _BY_PREFIX[prefix] = (cls, tasks)
+        return cls
+
+    return decorator
+
+
+def make_encoder(task: str, settings: Settings) -> Encoder:
+    """The encoder for ``task``: its registered class, or the one its model spec's
+    prefix names (``sim:``, consumers/encoders/sim.py), unloaded."""
+    section = settings.task(task)
+    for prefix, (cls, tasks) in _BY_PREFIX.items():
+        if section.model.startswith(prefix) and task in tasks:
+            return cls(section, settings)
+    return encoder_class(task)(section, settings)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from consumers.encoders.base import Encoder, Vectors, register
+from consumers.encoders.engines import EngineTower, TowerSpec, encoder_tower, example_pixels
 from consumers.encoders.pixels import PixelSpec, preprocess_image
 from consumers.encoders.weights import (
     ModelKind,
@@ -43,6 +44,27 @@ def _features(output: Any) -> torch.Tensor:
     raise TypeError(f"unexpected feature output {type(output).__name__}")
 
 
+class _ImageTower(torch.nn.Module):
+    """The image tower as one module, for export (consumers/encoders/engines.py)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_image_features(pixel_values=pixel_values))
+
+
+class _TextTower(_ImageTower):
+    def forward(  # the text tower takes tokens, not pixels
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        kwargs = {"input_ids": input_ids}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+        return _features(self.model.get_text_features(**kwargs))
+
+
 @dataclass(frozen=True)
 class _Bundle:
     model: Any
@@ -64,6 +86,8 @@ class ClipEncoder(Encoder):
         self._bundle: _Bundle | None = None
         self._pixels: PixelSpec | None = None
         self.max_text_length = 0
+        # Exported towers when the engine is not torch: "image" and "text".
+        self.towers: dict[str, EngineTower] = {}
 
     def load(self) -> None:
         spec, bundle = load_with_fallback(
@@ -78,6 +102,22 @@ class ClipEncoder(Encoder):
         self.max_text_length = min(
             int(bundle.tokenizer.model_max_length), int(config.text_config.max_position_embeddings)
         )
+        if self.engine != "torch":
+            self.towers = self._export_towers(spec)
+
+    def _export_towers(self, spec: str) -> dict[str, EngineTower]:
+        source = self.bundle.model.name_or_path or spec
+        tokens = self._tokenize(["a photo", "a photo of a cat on a table"])
+        return {
+            "image": encoder_tower(self, TowerSpec(
+                source, "image", _ImageTower(self.bundle.model),
+                {"pixel_values": example_pixels(self)}, {"pixel_values": {0: "batch"}},
+            )),
+            "text": encoder_tower(self, TowerSpec(
+                source, "text", _TextTower(self.bundle.model), tokens,
+                {name: {0: "batch", 1: "tokens"} for name in tokens},
+            )),
+        }  # fmt: skip
 
     def _load_bundle(self, source: str, local_files_only: bool) -> _Bundle:
         key = (source, str(self.device), self.dtype)
@@ -112,10 +152,12 @@ class ClipEncoder(Encoder):
         return preprocess_image(self._pixels, self.bundle.processor, image)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if "image" in self.towers:
+            return torch.from_numpy(self.towers["image"]({"pixel_values": batch.numpy()}))
         if self.device.type == "cuda":
             batch = batch.pin_memory()
         pixels = batch.to(self.device, self.dtype, non_blocking=True)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             return _features(self.bundle.model.get_image_features(pixel_values=pixels))
 
     def encode_texts(self, texts: list[str]) -> Vectors:
@@ -131,21 +173,32 @@ class ClipEncoder(Encoder):
         # text (which also makes the tokenizer log a warning).
         probe = tokenizer(texts, truncation=True, max_length=self.max_text_length + 1)
         lengths = [len(ids) for ids in probe["input_ids"]]
+        kwargs = self._tokenize(texts)
+        if "text" in self.towers:
+            arrays = {name: tensor.numpy() for name, tensor in kwargs.items()}
+            vectors = self.postprocess(torch.from_numpy(self.towers["text"](arrays)))
+        else:
+            with torch.inference_mode(), self.autocast():
+                on_device = {name: tensor.to(self.device) for name, tensor in kwargs.items()}
+                vectors = self.postprocess(_features(model.get_text_features(**on_device)))
+        return vectors, [n > self.max_text_length for n in lengths]
+
+    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The text tower's inputs: token ids, and the attention mask where it is used."""
+        tokenizer, model = self.bundle.tokenizer, self.bundle.model
         # SigLIP was trained on text padded to the maximum length and pools the last token.
-        padding = "max_length" if model.config.model_type.startswith("siglip") else True
+        siglip = model.config.model_type.startswith("siglip")
         tokens = tokenizer(
             texts,
-            padding=padding,
+            padding="max_length" if siglip else True,
             truncation=True,
             max_length=self.max_text_length,
             return_tensors="pt",
         )
-        kwargs = {"input_ids": tokens["input_ids"].to(self.device)}
-        if "attention_mask" in tokens and not model.config.model_type.startswith("siglip"):
-            kwargs["attention_mask"] = tokens["attention_mask"].to(self.device)
-        with torch.inference_mode():
-            vectors = self.postprocess(_features(model.get_text_features(**kwargs)))
-        return vectors, [n > self.max_text_length for n in lengths]
+        kwargs = {"input_ids": tokens["input_ids"]}
+        if "attention_mask" in tokens and not siglip:
+            kwargs["attention_mask"] = tokens["attention_mask"]
+        return kwargs
 
 
 def _clip_preset(

@@ -15,12 +15,25 @@ import torch
 from PIL import Image
 
 from consumers.encoders.base import Encoder, register
+from consumers.encoders.engines import EngineTower, TowerSpec, encoder_tower, example_pixels
 from consumers.encoders.pixels import PixelSpec, preprocess_image
 from consumers.encoders.weights import ModelKind, PresetBuilder, load_with_fallback, register_preset
 
 KIND = ModelKind(family="dinov2", task="dinov2", label="DINOv2")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _Pooled(torch.nn.Module):
+    """The model's pooled output as one module, for export (consumers/encoders/engines.py)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled: torch.Tensor = self.model(pixel_values=pixel_values).pooler_output
+        return pooled
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,7 @@ class Dinov2Encoder(Encoder):
     name = "dinov2"
     _bundle: _Bundle | None = None
     _pixels: PixelSpec | None = None
+    tower: EngineTower | None = None  # the exported model when the engine is not torch
 
     def load(self) -> None:
         spec, bundle = load_with_fallback(
@@ -44,6 +58,12 @@ class Dinov2Encoder(Encoder):
         self.min_input_side = self._pixels.min_side if self._pixels else None
         self.model_name = spec
         self.dim = int(bundle.model.config.hidden_size)
+        if self.engine != "torch":
+            source = bundle.model.name_or_path or spec
+            self.tower = encoder_tower(self, TowerSpec(
+                source, "image", _Pooled(bundle.model),
+                {"pixel_values": example_pixels(self)}, {"pixel_values": {0: "batch"}},
+            ))  # fmt: skip
 
     def _load_bundle(self, source: str, local_files_only: bool) -> _Bundle:
         from transformers import AutoImageProcessor, AutoModel
@@ -69,8 +89,10 @@ class Dinov2Encoder(Encoder):
         return preprocess_image(self._pixels, self.bundle.processor, image)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.tower is not None:
+            return torch.from_numpy(self.tower({"pixel_values": batch.numpy()}))
         pixels = batch.to(self.device, self.dtype)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             pooled: torch.Tensor = self.bundle.model(pixel_values=pixels).pooler_output
         return pooled
 

@@ -47,7 +47,7 @@ class PixelSpec:
             resize_to=(height, width) if size is not None and not shortest else None,
             resample=Image.Resampling(int(proc.resample)),
             crop=(_size_field(crop, "height"), _size_field(crop, "width")) if crop else None,
-            lut=_levels_lut(scale, mean, std),
+            lut=levels_lut(scale, mean, std),
         )
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
@@ -82,7 +82,7 @@ class PixelSpec:
         return (new_long, new_short) if width <= height else (new_short, new_long)
 
 
-def _levels_lut(
+def levels_lut(
     scale: float, mean: np.ndarray[Any, Any], std: np.ndarray[Any, Any]
 ) -> np.ndarray[Any, np.dtype[np.float32]]:
     levels = np.arange(256, dtype=np.float32) * np.float32(scale)
