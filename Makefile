@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@command -v kcat >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& (apt-get install -y -qq kcat >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 \
 		&& apt-get install -y -qq kcat >/dev/null 2>&1)) || echo "kcat not installed: its test will skip"; }
-	@# Debian's Tesseract: the ocr task runs its binary (consumers/encoders/ocr.py); its
+	@# Debian's Tesseract: the ocr task runs its binary (consumers/models/tesseract.py); its
 	@# tests render their text with the DejaVu fonts.
 	@{ command -v tesseract && [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& (apt-get install -y -qq --no-install-recommends tesseract-ocr tesseract-ocr-eng fonts-dejavu-core >/dev/null 2>&1 \
@@ -59,7 +59,7 @@ test: install lint
 
 # The record-boundary property tests with 20,000 examples each (make test runs 100).
 fuzz: install
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -p no:cacheprovider --timeout=0 tests/test_boundary_properties.py
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -p no:cacheprovider --timeout=0 tests/pipeline/test_boundary_properties.py
 
 lint: install
 	$(BIN)/ruff check .

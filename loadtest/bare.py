@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from consumers.decode import decode_image
-from consumers.encoders import make_encoder
-from consumers.encoders.base import Encoder
-from consumers.settings import Settings
+from consumers.config.settings import Settings
+from consumers.models import make_encoder
+from consumers.models.encoder import Encoder
+from consumers.pipeline.decode import decode_image
 from loadtest.consumer import self_cpu_seconds
 from loadtest.stats import percentiles
 

@@ -22,7 +22,7 @@ from typing import Any, Self
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.servers import HOST, die_with_parent, free_port, terminate
+from consumers.devstack.servers import HOST, die_with_parent, free_port, terminate
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 

@@ -1,7 +1,7 @@
 """``imagestream bench engines``: bare images/s of every engine and precision, side by side.
 
 One process loads the model once per (engine, precision) (torch fp32, torch bf16 under
-autocast, ONNX Runtime fp32 and int8, OpenVINO fp32, bf16 and int8: consumers/encoders/
+autocast, ONNX Runtime fp32 and int8, OpenVINO fp32, bf16 and int8: consumers/models/
 engines.py), preprocesses one batch of synthetic JPEGs, and then runs the same
 ``Encoder.encode_images`` call the consumer's infer step makes, round-robin over the
 engines for several rounds, so that this machine's drift over minutes hits every engine
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from consumers.settings import Settings
+from consumers.config.settings import Settings
 from loadtest.bare import bare_benchmark, load_encoder, prepare
 from loadtest.report import machine
 from loadtest.synth import photo_jpeg

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from consumers.decode import decode_image
-from consumers.encoders.face import FaceCrop, FaceEncoder
-from consumers.settings import FaceSettings, Settings
+from consumers.config.settings import FaceSettings, Settings
+from consumers.models.face.recognition import FaceCrop, FaceEncoder
+from consumers.pipeline.decode import decode_image
 
 PHOTOS = ("astronaut", "camera", "coffee", "two_faces")
 # Where the faces of the sample photos are: the astronaut looks at the camera, the

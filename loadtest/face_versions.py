@@ -20,9 +20,9 @@ from time import perf_counter
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from consumers.encoders.face import FaceEncoder
+from consumers.config.settings import FaceSettings, PeopleSettings, Settings
+from consumers.models.face.recognition import FaceEncoder
 from consumers.people.assign import same_person_threshold
-from consumers.settings import FaceSettings, PeopleSettings, Settings
 
 # A crop around each person's face, in their photo's pixels.
 CROPS = {"astronaut": (100, 0, 400, 300), "camera": (150, 30, 400, 280)}

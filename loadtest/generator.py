@@ -1,7 +1,7 @@
 """The load generator: images into S3, events at a rate, results back as samples.
 
 The result reader is positioned at the end of the results topic before the first event
-of a phase goes out (``consumers.ingest.result_reader``), and reads while the phase
+of a phase goes out (``consumers.client.ingest.result_reader``), and reads while the phase
 publishes, so a result's ``received`` time is when this process saw it.
 """
 
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
 
-from consumers.ingest import result_reader, wait_for_results
-from consumers.kafka import CLI_CLIENT_ID, make_producer, started
-from consumers.s3 import S3Store
-from consumers.settings import Settings
+from consumers.client.ingest import result_reader, wait_for_results
+from consumers.config.settings import Settings
+from consumers.pipeline.s3 import S3Store
+from consumers.worker.kafka import CLI_CLIENT_ID, make_producer, started
 from loadtest.stats import Sample, sample
 from loadtest.synth import jpegs
 from schemas.events import ImageSubmitted, TaskResult, dump

@@ -1,5 +1,5 @@
 """The bare encoder next to a bursty background load, as one call on torch's threads
-and split over single-threaded CPU workers (``consumers/encoders/cpu_workers.py``).
+and split over single-threaded CPU workers (``consumers/models/cpu_workers.py``).
 
     python -m loadtest.interference --model random:vit-b-32 --batch 32 --load 0.27
 
@@ -21,7 +21,7 @@ from functools import partial
 from multiprocessing.synchronize import Event
 from typing import Any
 
-from consumers.settings import ClipSettings, Settings
+from consumers.config.settings import ClipSettings, Settings
 from loadtest import bare
 from loadtest.synth import photo_jpeg
 

@@ -6,7 +6,7 @@ it with PIL, one CLIP forward for one image (the seed runs the full model with t
 ``"three"``, so the text tower runs too), add the vector to the store (Milvus here,
 ChromaDB then), query the top 20, ``GET img_callback_url`` with ``{"result": [[ids]]}``,
 then sleep 5 s. The backend is the project's legacy backend emulator
-(``consumers/legacy/emulator.py``) on 127.0.0.1, loaded with every job up front, so the
+(``loadtest/legacy_backend.py``) on 127.0.0.1, loaded with every job up front, so the
 loop never waits for work. The loop runs in a worker thread; the emulator answers it
 from the event loop.
 """
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from consumers.encoders.clip import ClipEncoder
-from consumers.legacy.emulator import LegacyBackend
-from consumers.store import VectorRow, VectorStore
+from consumers.models.clip import ClipEncoder
+from consumers.vectorstore.store import VectorRow, VectorStore
 from loadtest.consumer import self_cpu_seconds
+from loadtest.legacy_backend import LegacyBackend
 from loadtest.stats import percentiles
 
 MODEL_NAME = "clip"

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from pymilvus import MilvusClient
 
-from consumers.settings import MilvusSettings
-from consumers.store import VectorRow, VectorStore
+from consumers.config.settings import MilvusSettings
+from consumers.vectorstore.store import VectorRow, VectorStore
 from loadtest.milvus_server import milvus_server
 from loadtest.stats import percentiles
 

@@ -1,8 +1,8 @@
 """``imagestream bench ocr``: images/s of the ocr task, bare and through the embedded stack.
 
-The images are the rendered signs, receipts and labels of ``consumers/text_images.py``
+The images are the rendered signs, receipts and labels of ``consumers/devstack/text_images.py``
 and skimage's scanned ``page()``, repeated to ``--images``. Bare: the OCR encoder
-(``consumers/encoders/ocr.py``) reads them in micro-batches of ``ocr.max_records`` on its
+(``consumers/models/tesseract.py``) reads them in micro-batches of ``ocr.max_records`` on its
 worker pool, for each worker count asked. Stack: the same images uploaded to the embedded
 S3 server and read by an ``ocr`` consumer through Tansu, milvus-lite storing the text,
 from the first publish to the last result (default worker count).
@@ -19,14 +19,14 @@ from typing import Any
 
 from PIL import Image
 
-from consumers.settings import Settings
+from consumers.config.settings import Settings
 
 
 def bench_images(count: int) -> list[Image.Image]:
     import numpy as np
     import skimage.data
 
-    from consumers.text_images import samples
+    from consumers.devstack.text_images import samples
 
     kinds = [s.image for s in samples()]
     page = np.asarray(skimage.data.page())  # type: ignore[no-untyped-call]
@@ -35,7 +35,7 @@ def bench_images(count: int) -> list[Image.Image]:
 
 
 def bare(settings: Settings, images: list[Image.Image], workers: int) -> dict[str, Any]:
-    from consumers.encoders.ocr import OcrEncoder, page_of
+    from consumers.models.tesseract import OcrEncoder, page_of
 
     options = settings.ocr.model_copy(update={"workers": workers})
     reader = OcrEncoder(options, settings)
@@ -66,8 +66,8 @@ def _cpu_seconds() -> float:
 
 
 async def through_stack(settings: Settings, images: list[Image.Image]) -> dict[str, Any]:
-    from consumers.ingest import ingest, uploads_for
-    from consumers.launcher import embedded_stack, running_consumers
+    from consumers.client.ingest import ingest, uploads_for
+    from consumers.devstack.launcher import embedded_stack, running_consumers
 
     with tempfile.TemporaryDirectory(prefix="imagestream-ocr-bench-") as tmp:
         root = Path(tmp)

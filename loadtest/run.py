@@ -31,13 +31,13 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
-from consumers.encoders.base import Encoder
-from consumers.encoders.clip import ClipEncoder
-from consumers.launcher import DEV_KAFKA
-from consumers.s3 import S3Store
-from consumers.settings import MilvusSettings, Settings
-from consumers.stack import EmbeddedStack
-from consumers.store import VectorStore
+from consumers.config.settings import MilvusSettings, Settings
+from consumers.devstack.launcher import DEV_KAFKA
+from consumers.devstack.stack import EmbeddedStack
+from consumers.models.clip import ClipEncoder
+from consumers.models.encoder import Encoder
+from consumers.pipeline.s3 import S3Store
+from consumers.vectorstore.store import VectorStore
 from loadtest import bare as bare_bench
 from loadtest.config import LoadtestConfig
 from loadtest.consumer import (

@@ -1,6 +1,6 @@
 """CPU per S3 read: the consumer's reader against botocore's ``get_object``, with moto
 served as ``python -m moto.server`` serves it (werkzeug: every service, a new
-connection per request) and as the embedded stack serves it (``consumers/s3_server.py``:
+connection per request) and as the embedded stack serves it (``consumers/devstack/s3_server.py``:
 the S3 backend alone on waitress, keep-alive).
 
     python -m loadtest.s3_bench [--rounds 40] [--concurrency 32]
@@ -21,9 +21,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from consumers.s3 import S3Store
-from consumers.servers import HOST, S3Server
-from consumers.settings import S3Settings
+from consumers.config.settings import S3Settings
+from consumers.devstack.servers import HOST, S3Server
+from consumers.pipeline.s3 import S3Store
 from loadtest.consumer import cpu_seconds
 from loadtest.synth import photo_jpeg
 

@@ -1,7 +1,7 @@
 """``imagestream bench scaleout``: 1, 2, 4 consumer processes feeding a simulated GPU.
 
 Each count is one ``imagestream loadtest`` run (loadtest/run.py) with the ``sim:`` model
-(consumers/encoders/sim.py: the device time is a sleep, so every CPU second measured is
+(consumers/models/sim.py: the device time is a sleep, so every CPU second measured is
 the pipeline's own: fetch, decode, preprocess, Kafka, Milvus, publish) against the
 Milvus standalone server, the consumers in one group. Reported per count: steady
 images/s, speed-up over one consumer, the consumers' CPU milliseconds per image (all of

@@ -32,7 +32,7 @@ from typing import Any
 
 from rich.console import Console
 
-from consumers.stack import EmbeddedStack
+from consumers.devstack.stack import EmbeddedStack
 from loadtest.config import LoadtestConfig
 from loadtest.consumer import ConsumerProcess, descendants
 from loadtest.generator import Phase

@@ -15,7 +15,7 @@ import numpy as np
 
 from schemas.events import STAGES, TaskResult
 
-# The results of one micro-batch share one completed_at (consumers/pipeline.py stamps it
+# The results of one micro-batch share one completed_at (consumers/pipeline/batch.py stamps it
 # once per batch); batches are delivered one after another, at least one model call
 # apart. (Their starts can be milliseconds apart: the next batch is prefetched.)
 BATCH_GAP_S = 0.005

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import settings
 from pydantic import SecretStr
 
-from consumers.servers import Broker
-from consumers.settings import S3Settings
+from consumers.config.settings import S3Settings
+from consumers.devstack.servers import Broker
 
 pytest_plugins = ["pytester", "tests.leaks"]
 
-# Property tests (tests/test_boundary_properties.py): a bounded run in `make test`, a
+# Property tests (tests/pipeline/test_boundary_properties.py): a bounded run in `make test`, a
 # long one in `make fuzz` (HYPOTHESIS_PROFILE=fuzz). No deadline: CI machines are slow
 # and shared, and a slow example is not a wrong one.
 settings.register_profile("ci", max_examples=100, deadline=None, print_blob=True)
@@ -69,7 +69,7 @@ def s3_server() -> Iterator[S3Settings]:
 
 
 # ---------------------------------------------------------------------------------------
-# Kafka: a Tansu broker subprocess on 127.0.0.1 (consumers/servers.py)
+# Kafka: a Tansu broker subprocess on 127.0.0.1 (consumers/devstack/servers.py)
 # ---------------------------------------------------------------------------------------
 
 

@@ -11,9 +11,9 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer
 from PIL import Image
 
-from consumers.kafka import CLI_CLIENT_ID, make_producer, started
-from consumers.s3 import S3Store
-from consumers.settings import Settings
+from consumers.config.settings import Settings
+from consumers.pipeline.s3 import S3Store
+from consumers.worker.kafka import CLI_CLIENT_ID, make_producer, started
 from schemas.events import ImageSubmitted, TaskResult, dump
 from schemas.topics import Topics
 

@@ -42,7 +42,7 @@ class Case:
         return 1 if self.topic == "images" and self.expect in DLQ_EXPECTED else 0
 
 
-# The codes dead-lettered (consumers.dlq.DLQ_CODES), as the outcomes expected here name them.
+# The codes dead-lettered (consumers.worker.dlq.DLQ_CODES), as the outcomes expected here name them.
 DLQ_EXPECTED = frozenset(
     {
         "invalid_event",

@@ -14,7 +14,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from consumers.records import Record
+from consumers.pipeline.records import Record
 
 # The topic a record claims to come from does not matter to the boundary.
 TOPIC = "images.v1"

@@ -13,9 +13,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from consumers.dlq import read_topic
-from consumers.kafka import client_kwargs, started
-from consumers.settings import Settings
+from consumers.config.settings import Settings
+from consumers.worker.dlq import read_topic
+from consumers.worker.kafka import client_kwargs, started
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:

@@ -1,6 +1,6 @@
 """Render a kustomization the way `kubectl apply -k` does, for the subset infra/k8s uses.
 
-It needs no kustomize binary (tests/test_kustomize.py compares it with `kubectl
+It needs no kustomize binary (tests/infra/test_kustomize.py compares it with `kubectl
 kustomize` where kubectl is installed: kustomize v5.5 renders the same). It renders
 `resources` (files and nested kustomizations), `configMapGenerator`/`secretGenerator`
 (env files and literals, create/merge/replace, hash suffixes off), strategic-merge

@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, SecretStr
 
-from consumers.launcher import DEV_RPC_FETCH_MAX_WAIT_MS
-from consumers.settings import (
+from consumers.config.settings import (
     ClipSettings,
     KafkaSettings,
     MetricsSettings,
@@ -20,7 +19,8 @@ from consumers.settings import (
     S3Settings,
     Settings,
 )
-from consumers.stack import create_topics
+from consumers.devstack.launcher import DEV_RPC_FETCH_MAX_WAIT_MS
+from consumers.devstack.stack import create_topics
 from schemas.topics import Topics
 from tests.helpers import jpeg
 

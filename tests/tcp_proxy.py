@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any, Self
 
-from consumers.servers import die_with_parent
+from consumers.devstack.servers import die_with_parent
 
 HOST = "127.0.0.1"
 _CHUNK = 65536

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from consumers import settings_page
-from consumers.contracts import CONFIG_PAGE
-from consumers.settings import Settings
+from consumers.config.settings import Settings
+from consumers.contracts import settings_page
+from consumers.contracts.generate import CONFIG_PAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from consumers.kafka import client_kwargs
-from consumers.s3 import S3Store
-from consumers.settings import KafkaSettings, Settings
+from consumers.config.settings import KafkaSettings, Settings
+from consumers.pipeline.s3 import S3Store
+from consumers.worker.kafka import client_kwargs
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME = ("consumers", "schemas", "loadtest")

@@ -19,16 +19,21 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 
-from consumers.api_keys import Scope
+from consumers.config.settings import Settings
+from consumers.gateway.api_keys import Scope
 from consumers.gateway.auth import IngestKey, install_auth
 from consumers.gateway.core import Gateway
+from consumers.gateway.demo_page import router as demo
+from consumers.gateway.deps import Api
 from consumers.gateway.errors import ApiError, ApiErrorCode, install_error_handlers, request_id
 from consumers.gateway.forms import read_parts
 from consumers.gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from consumers.gateway.models import (
+from consumers.gateway.people import close_book
+from consumers.gateway.people import router as people
+from consumers.gateway.responses import (
     ERRORS,
     MULTIPART_ANY,
     EmbeddingsResponse,
@@ -37,15 +42,7 @@ from consumers.gateway.models import (
     ResultsResponse,
 )
 from consumers.gateway.runtime import GatewayRuntime
-from consumers.settings import Settings
 
-
-def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
-
-
-Api = Annotated[Gateway, Depends(_gateway)]
 router = APIRouter()
 
 
@@ -188,8 +185,6 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
             yield
         finally:
             await live.stop()
-            from consumers.gateway.people import close_book  # imports this module
-
             await asyncio.to_thread(close_book, served.state)  # Milvus calls block
 
     app = FastAPI(
@@ -204,10 +199,6 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every answer has an id
     install_error_handlers(app)
     app.include_router(router)
-    from consumers.gateway.demo import router as demo  # imports this module: not at the top
-
     app.include_router(demo)  # GET /demo (the demo page), POST /v1/search
-    from consumers.gateway.people import router as people
-
     app.include_router(people)  # /v1/people...
     return app

@@ -28,11 +28,11 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from consumers.api_keys import ApiKeyRecord, AuthSettings, digest, load_keys
-from consumers.api_keys import Scope as KeyScope
-from consumers.errors import ConfigError
+from consumers.config.settings import GatewaySettings
+from consumers.gateway.api_keys import ApiKeyRecord, AuthSettings, digest, load_keys
+from consumers.gateway.api_keys import Scope as KeyScope
 from consumers.gateway.errors import ApiError, ApiErrorCode, error_json
-from consumers.settings import GatewaySettings
+from consumers.pipeline.item_errors import ConfigError
 
 PUBLIC = frozenset(
     {"/healthz", "/readyz", "/demo", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}

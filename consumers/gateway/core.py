@@ -7,11 +7,11 @@ import uuid
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from consumers.config.settings import Settings
 from consumers.gateway.errors import ApiError, ApiErrorCode
 from consumers.gateway.forms import Parts, read_image
 from consumers.gateway.runtime import GatewayRuntime
-from consumers.keys import rpc_key, staged_key
-from consumers.settings import Settings
+from consumers.vectorstore.keys import rpc_key, staged_key
 from schemas.events import ImageSubmitted, TaskResult
 from schemas.rpc import RpcReply, RpcRequest
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
-from consumers.decode import sniff_content_type
+from consumers.config.settings import GatewaySettings
 from consumers.gateway.errors import ApiError, ApiErrorCode
-from consumers.settings import GatewaySettings
+from consumers.pipeline.decode import sniff_content_type
 
 # A form of texts only may come URL-encoded (what browsers and clients send without files).
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")

@@ -21,12 +21,12 @@ from typing import Annotated, TypeVar
 from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, Field
 
-from consumers.gateway.app import Api
 from consumers.gateway.auth import FacesKey
+from consumers.gateway.deps import Api
 from consumers.gateway.errors import ApiError, ApiErrorCode, request_id
-from consumers.gateway.models import ERRORS
-from consumers.milvus_errors import StoreUnavailable
+from consumers.gateway.responses import ERRORS
 from consumers.people.book import Book, FaceEntry, Person, UnknownPerson
+from consumers.vectorstore.milvus_errors import StoreUnavailable
 from schemas.events import dump
 from schemas.people import PersonChanged, person_key
 

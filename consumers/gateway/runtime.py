@@ -19,10 +19,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from consumers.config.settings import Settings
 from consumers.gateway.cache import ResultCache
-from consumers.kafka import client_kwargs, make_producer
-from consumers.s3 import S3Store
-from consumers.settings import Settings
+from consumers.pipeline.s3 import S3Store
+from consumers.worker.kafka import client_kwargs, make_producer
 from schemas.events import ImageSubmitted, TaskResult, dump, utcnow
 from schemas.rpc import RpcReply, RpcRequest
 from schemas.topics import Topics

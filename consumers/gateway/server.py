@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from consumers.config.settings import Settings
 from consumers.gateway.app import create_app
 from consumers.gateway.runtime import GatewayRuntime
-from consumers.settings import Settings
-from consumers.signals import stop_event
+from consumers.ops.signals import stop_event
 
 log = logging.getLogger("imagestream.gateway")
 
@@ -22,7 +22,7 @@ log = logging.getLogger("imagestream.gateway")
 class _Server(uvicorn.Server):
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
-        # The command that runs the gateway owns SIGINT/SIGTERM (consumers.signals).
+        # The command that runs the gateway owns SIGINT/SIGTERM (consumers.ops.signals).
         yield
 
 

@@ -16,15 +16,15 @@ from typing import Any, Literal
 
 import aiohttp
 
-from consumers.kafka import make_producer, started
+from consumers.config.settings import Settings
 from consumers.legacy.callbacks import CallbackClient, CallbackSender
 from consumers.legacy.poller import Poller
 from consumers.legacy.resend import Resender, Resends
 from consumers.legacy.sources import SourceResolver
 from consumers.legacy.ssrf import AddressGuard, guarded_session, guards
-from consumers.s3 import S3Store
-from consumers.settings import Settings
-from consumers.signals import stop_event
+from consumers.ops.signals import stop_event
+from consumers.pipeline.s3 import S3Store
+from consumers.worker.kafka import make_producer, started
 
 log = logging.getLogger("imagestream.legacy")
 Half = Literal["poller", "sender"]

@@ -32,12 +32,12 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from consumers.kafka import client_kwargs, started
+from consumers.config.settings import LegacySettings, Settings
 from consumers.legacy.backoff import backoff_s
 from consumers.legacy.publish import publish_until_acked
 from consumers.legacy.ssrf import AddressGuard, Refused, check_url
-from consumers.redact import redact_text, redact_url
-from consumers.settings import LegacySettings, Settings
+from consumers.ops.redact import redact_text, redact_url
+from consumers.worker.kafka import client_kwargs, started
 from schemas.events import CallbackFailed, ErrorCode, Status, TaskResult, dump
 from schemas.topics import Topics
 

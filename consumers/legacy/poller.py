@@ -33,14 +33,14 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from consumers.errors import ItemError
+from consumers.config.settings import Settings
 from consumers.legacy.backoff import backoff_s, pause
 from consumers.legacy.publish import publish_until_acked
 from consumers.legacy.sources import SourceResolver, SourceUnavailable
-from consumers.redact import redact_text, redact_url
-from consumers.results import Stopwatch, error_result
-from consumers.s3 import S3Unavailable
-from consumers.settings import Settings
+from consumers.ops.redact import redact_text, redact_url
+from consumers.pipeline.item_errors import ItemError
+from consumers.pipeline.results import Stopwatch, error_result
+from consumers.pipeline.s3 import S3Unavailable
 from schemas.events import MAX_ID_CHARS, ErrorCode, ImageSubmitted, Reply, dump
 from schemas.topics import Topics
 

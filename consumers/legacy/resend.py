@@ -26,13 +26,13 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from consumers.dlq import read_topic
-from consumers.kafka import CLI_CLIENT_ID, client_kwargs, make_producer, started
+from consumers.config.settings import Settings
 from consumers.legacy.backoff import backoff_s
 from consumers.legacy.callbacks import CALLBACKS, CallbackClient, Outcome
 from consumers.legacy.publish import publish_until_acked
 from consumers.legacy.ssrf import guarded_session, guards
-from consumers.settings import Settings
+from consumers.worker.dlq import read_topic
+from consumers.worker.kafka import CLI_CLIENT_ID, client_kwargs, make_producer, started
 from schemas.events import CallbackFailed, dump, utcnow
 from schemas.topics import Topics
 

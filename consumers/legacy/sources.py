@@ -23,8 +23,7 @@ from urllib.parse import unquote
 import aiohttp
 from yarl import URL
 
-from consumers.errors import ItemError
-from consumers.keys import staged_key
+from consumers.config.settings import LegacySettings, S3Settings
 from consumers.legacy.ssrf import (
     AddressGuard,
     Refused,
@@ -32,9 +31,10 @@ from consumers.legacy.ssrf import (
     get_following_redirects,
     host_allowed,
 )
-from consumers.redact import redact_text, redact_url
-from consumers.s3 import S3Store
-from consumers.settings import LegacySettings, S3Settings
+from consumers.ops.redact import redact_text, redact_url
+from consumers.pipeline.item_errors import ItemError
+from consumers.pipeline.s3 import S3Store
+from consumers.vectorstore.keys import staged_key
 from schemas.events import S3_URI, ErrorCode
 
 _AWS_PATH = re.compile(r"^s3([.-][a-z0-9-]+)?(\.dualstack)?(\.[a-z0-9-]+)?\.amazonaws\.com$")
@@ -111,7 +111,7 @@ class SourceResolver:
                 f"s3_path host {url.host!r} is neither the S3 endpoint nor in legacy.allowed_hosts",
             )
         data, content_type = await self._download(str(url))
-        # Legacy jobs carry no tenant: staged in the shared segment (consumers/keys.py).
+        # Legacy jobs carry no tenant: staged in the shared segment (consumers/vectorstore/keys.py).
         key = staged_key(self.legacy.staging_prefix, "", model, job_id)
         await self.s3.put(self.s3_settings.bucket, key, data, content_type=content_type)
         return f"s3://{self.s3_settings.bucket}/{key}"

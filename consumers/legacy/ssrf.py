@@ -18,7 +18,7 @@ so ``check_url`` judges them up front; redirects are followed by hand
 (``get_following_redirects``) so every hop is checked the same way. Downloads and
 callbacks each get their own guard (``legacy.download_networks``,
 ``legacy.callback_networks``): a private range opened for callbacks is not reachable by
-a download that redirects into it. Messages show URLs redacted (``consumers/redact.py``).
+a download that redirects into it. Messages show URLs redacted (``consumers/ops/redact.py``).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from consumers.redact import redact_url
+from consumers.ops.redact import redact_url
 
 if TYPE_CHECKING:
-    from consumers.settings import LegacySettings
+    from consumers.config.settings import LegacySettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SCHEMES = ("http", "https")

@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from consumers.encoders.deepface_env import use_deepface
-from consumers.encoders.weights import RANDOM_PREFIX
-from consumers.keys import strip_tenant, vector_id
+from consumers.config.settings import MilvusSettings, PeopleSettings
+from consumers.models.face.deepface_env import use_deepface
+from consumers.models.weights import RANDOM_PREFIX
 from consumers.people.registry import PERSON_KEY, Decisions, Registry, new_person_id, with_person
-from consumers.settings import MilvusSettings, PeopleSettings
-from consumers.store import VectorRow, VectorStore
 from consumers.tasks.base import Job
+from consumers.vectorstore.keys import strip_tenant, vector_id
+from consumers.vectorstore.store import VectorRow, VectorStore
 from schemas.events import Neighbor
 from schemas.people import PersonChange, PersonChanged, change_id
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from consumers.keys import image_of, strip_tenant
+from consumers.config.settings import Settings
 from consumers.people.registry import PERSON_KEY, Decisions, Registry
-from consumers.settings import Settings
-from consumers.store import VectorStore, stored_dim
+from consumers.vectorstore.keys import image_of, strip_tenant
+from consumers.vectorstore.store import VectorStore, stored_dim
 from schemas.people import PersonChange, PersonChanged, change_id
 
 FACE_FIELDS = ["id", "image_id", "metadata"]

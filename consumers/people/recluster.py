@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from consumers.keys import strip_tenant
 from consumers.people.registry import PERSON_KEY, Decisions, Registry, new_person_id
-from consumers.store import FIELDS, VectorRow, VectorStore
+from consumers.vectorstore.keys import strip_tenant
+from consumers.vectorstore.store import FIELDS, VectorRow, VectorStore
 from schemas.people import PersonChange, PersonChanged, change_id
 
 

@@ -14,9 +14,9 @@ import json
 import threading
 from dataclasses import dataclass, field, replace
 
-from consumers.keys import strip_tenant, vector_id
-from consumers.settings import MilvusSettings, PeopleSettings
-from consumers.store import VectorRow, VectorStore
+from consumers.config.settings import MilvusSettings, PeopleSettings
+from consumers.vectorstore.keys import strip_tenant, vector_id
+from consumers.vectorstore.store import VectorRow, VectorStore
 
 PERSON_KEY = "person_id"
 _VECTOR = (1.0, 0.0)

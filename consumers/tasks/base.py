@@ -1,6 +1,6 @@
 """What a task adds to the generic image pipeline.
 
-The pipeline (``consumers/pipeline.py``) owns everything tasks share: parsing, S3
+The pipeline (``consumers/pipeline/batch.py``) owns everything tasks share: parsing, S3
 reads, decoding, timings, error results. A task owns three steps, each run where it
 belongs: ``prepare`` (CPU, one image, in the decode thread pool), ``infer`` (one
 batched call on the device thread) and ``store`` (Milvus writes and searches on the
@@ -16,12 +16,12 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from PIL import Image
 
-from consumers.encoders.base import Encoder
-from consumers.keys import strip_tenant, vector_id
-from consumers.results import Stopwatch
-from consumers.settings import Settings
-from consumers.store import VectorStore
-from consumers.text_store import TextStore
+from consumers.config.settings import Settings
+from consumers.models.encoder import Encoder
+from consumers.pipeline.results import Stopwatch
+from consumers.vectorstore.keys import strip_tenant, vector_id
+from consumers.vectorstore.store import VectorStore
+from consumers.vectorstore.text_store import TextStore
 from schemas.events import ImageSubmitted, TaskResult
 from schemas.people import PersonChanged
 
@@ -57,7 +57,8 @@ class ImageTask(ABC, Generic[Prepared, Output]):
     def __init__(self, encoder: Encoder, store: VectorStore | None) -> None:
         self.encoder = encoder
         self._store = store
-        # Set by the service where ``text_collection`` names one (consumers/text_store.py).
+        # Set by the service where ``text_collection`` names one
+        # (consumers/vectorstore/text_store.py).
         self.text_store: TextStore | None = None
 
     @classmethod
@@ -90,7 +91,7 @@ class ImageTask(ABC, Generic[Prepared, Output]):
     def infers_on_cpu_workers(self) -> bool:
         """Whether ``infer`` hands its model work to the CPU workers and waits for them:
         then a second batch's ``infer`` may start before the first's ends, and queue behind
-        it there (``consumers/encoders/cpu_workers.py``)."""
+        it there (``consumers/models/cpu_workers.py``)."""
         return self.infers_by_encode_images and self.encoder.cpu_workers() is not None
 
     @abstractmethod

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from consumers.encoders.caption import CaptionEncoder
-from consumers.results import since
-from consumers.settings import Settings
-from consumers.store import VectorRow
+from consumers.config.settings import Settings
+from consumers.models.captioner import CaptionEncoder
+from consumers.pipeline.results import since
 from consumers.tasks.base import ImageTask, Job, register_task, stamp
 from consumers.tasks.embedding import image_row
-from consumers.text_store import TextRow
+from consumers.vectorstore.store import VectorRow
+from consumers.vectorstore.text_store import TextRow
 
 
 @register_task

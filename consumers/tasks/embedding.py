@@ -10,9 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from consumers.encoders.base import Vectors
-from consumers.results import since
-from consumers.store import VectorRow
+from consumers.models.encoder import Vectors
+from consumers.pipeline.results import since
 from consumers.tasks.base import (
     ImageTask,
     Job,
@@ -21,6 +20,7 @@ from consumers.tasks.base import (
     strip_tenant,
     vector_id,
 )
+from consumers.vectorstore.store import VectorRow
 from schemas.events import Neighbor
 
 

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from consumers.encoders.base import Encoder, Vectors
-from consumers.encoders.face import FaceCrop, FaceEncoder
-from consumers.keys import face_id, image_of
-from consumers.results import since
-from consumers.store import VectorRow, VectorStore
+from consumers.models.encoder import Encoder, Vectors
+from consumers.models.face.recognition import FaceCrop, FaceEncoder
+from consumers.pipeline.results import since
 from consumers.tasks.base import ImageTask, Job, register_task, stamp, strip_tenant, vector_id
+from consumers.vectorstore.keys import face_id, image_of
+from consumers.vectorstore.store import VectorRow, VectorStore
 from schemas.events import Face, Neighbor, TaskResult
 from schemas.people import PersonChanged
 

@@ -1,6 +1,6 @@
 """The ``labels`` task: zero-shot top-k labels of each image in the stream (seed 001).
 
-The label set's text embeddings come from ``consumers/labels.py`` through
+The label set's text embeddings come from ``consumers/models/zero_shot.py`` through
 ``shared_label_sets``: one cache per loaded CLIP model and label configuration, shared
 with the gateway's ``/v1/labels`` when both run in one process. The ``search`` timing is
 the scoring against the label vectors.
@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from consumers.encoders.base import register
-from consumers.encoders.clip import ClipEncoder
-from consumers.labels import shared_label_sets
-from consumers.results import since
+from consumers.models.clip import ClipEncoder
+from consumers.models.encoder import register
+from consumers.models.zero_shot import shared_label_sets
+from consumers.pipeline.results import since
 from consumers.tasks.base import register_task
-from consumers.tasks.heads import ClipHeadTask
+from consumers.tasks.clip_heads import ClipHeadTask
 from schemas.events import Label
 
 

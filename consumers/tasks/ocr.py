@@ -1,7 +1,7 @@
 """The ``ocr`` task: the text of each image, with word and line boxes, stored for text search.
 
 ``prepare`` turns the decoded image into a grayscale page in the decode pool; ``infer``
-reads the batch's pages on the OCR workers (``consumers/encoders/ocr.py``);
+reads the batch's pages on the OCR workers (``consumers/models/tesseract.py``);
 ``store_and_search`` upserts one row per image into the OCR text collection (key =
 tenant/image id, like every other collection: the text, BM25-indexed by Milvus, and its
 lines with boxes) and puts the text in the result's ``ocr`` field. An image without text
@@ -16,11 +16,11 @@ from typing import Any
 
 from PIL import Image
 
-from consumers.encoders.ocr import OcrEncoder, Page, page_of
-from consumers.results import since
-from consumers.settings import Settings
+from consumers.config.settings import Settings
+from consumers.models.tesseract import OcrEncoder, Page, page_of
+from consumers.pipeline.results import since
 from consumers.tasks.base import ImageTask, Job, register_task, stamp, vector_id
-from consumers.text_store import TextRow
+from consumers.vectorstore.text_store import TextRow
 from schemas.events import OcrText
 
 # What a row keeps of the lines (a Milvus JSON value is capped at 64 KiB by default).

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from consumers.decode import decode_image
-from consumers.settings import Settings
+from consumers.config.settings import Settings
+from consumers.pipeline.decode import decode_image
 from loadtest.bare import load_encoder
 from loadtest.config import LoadtestConfig
 from loadtest.consumer import cpu_seconds

@@ -31,8 +31,8 @@ from typing import Any
 
 import aiohttp
 
-from consumers.encoders.weights import random_model_dir
-from consumers.servers import free_port
+from consumers.devstack.servers import free_port
+from consumers.models.weights import random_model_dir
 from loadtest.synth import photo_jpeg
 
 MODEL_NAME = "clip"

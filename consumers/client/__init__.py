@@ -1,0 +1,1 @@
+"""The producer side: images into S3 and Kafka, results back, on a terminal."""

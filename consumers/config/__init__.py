@@ -1,0 +1,1 @@
+"""The settings tree, read from ``IMAGESTREAM_*`` variables and ``.env``."""

@@ -1,0 +1,1 @@
+"""Generated files: JSON Schemas, AsyncAPI, OpenAPI, the settings page."""

@@ -1,0 +1,1 @@
+"""The embedded stack (broker, S3 server, topics) and the demo."""

@@ -1,0 +1,153 @@
+"""The encoder contract and the registry of encoders by task name.
+
+An encoder is loaded lazily (``load``), turns a decoded RGB image into a CPU tensor
+(``preprocess``, safe to call from many threads), runs one batched call on its device
+(``forward``: from the device thread, or on a CPU from several worker threads at once,
+one shard of the batch each, unless ``parallel_forward`` is false) and returns float32
+rows (``postprocess``). Keeping the stages separate lets the pipeline decode and preprocess
+in a thread pool while the device works on the previous batch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import ClassVar
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from PIL import Image
+
+from consumers.config.settings import Settings, TaskSettings
+from consumers.config.task_settings import EngineSettings
+from consumers.models.cpu_workers import CpuWorkers, cpu_workers
+
+Vectors = NDArray[np.float32]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pick_dtype(device: torch.device, precision: str = "fp32") -> torch.dtype:
+    """fp16 on CUDA (bf16 if asked), fp32 weights on CPU: CPU bf16 runs under autocast,
+    which keeps fp32 where bf16 kernels would lose precision or speed."""
+    if device.type == "cuda":
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.float32
+
+
+class Encoder(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, task: TaskSettings, settings: Settings) -> None:
+        self.task_settings = task
+        self.settings = settings
+        self.device = pick_device(task.device)
+        # torch, or an exported graph (consumers/models/engines.py), and its precision.
+        self.engine = task.engine if isinstance(task, EngineSettings) else "torch"
+        self.precision = task.precision if isinstance(task, EngineSettings) else "fp32"
+        self.dtype = pick_dtype(self.device, self.precision)
+        self.model_name: str = task.model
+        self.dim: int = 0
+        # The shortest image side ``preprocess`` needs (None = any): decoders may shrink
+        # larger images to it before preprocessing, which saves most of the decode time.
+        self.min_input_side: int | None = None
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load weights; set ``model_name`` (what actually loaded) and ``dim``."""
+
+    @abstractmethod
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One RGB image to one CPU tensor; thread-safe."""
+
+    @abstractmethod
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """One batched call on the device."""
+
+    def postprocess(self, output: torch.Tensor) -> Vectors:
+        """L2-normalised float32 rows on the CPU."""
+        out = torch.nn.functional.normalize(output.float(), dim=-1)
+        return out.cpu().numpy().astype(np.float32, copy=False)
+
+    def encode_images(self, tensors: Sequence[torch.Tensor]) -> Vectors:
+        """Collate, forward and postprocess; blocking (run it in a thread). On a CPU the
+        batch is split over single-threaded workers (``consumers/models/cpu_workers.py``)."""
+        workers = self.cpu_workers()
+        # One image runs here, on torch's threads: at low load, the fastest answer.
+        if workers is None or len(tensors) < 2:
+            return self._encode(tensors)
+        return np.concatenate(workers.map(self._encode, tensors))
+
+    @property
+    def parallel_forward(self) -> bool:
+        """Whether a CPU batch is split over single-threaded workers: a torch module's
+        is; an exported engine spreads one call over every core itself."""
+        return self.engine == "torch"
+
+    def autocast(self) -> AbstractContextManager[object]:
+        """torch's CPU bf16 autocast where ``precision`` asks for it, else nothing."""
+        if self.engine == "torch" and self.precision == "bf16" and self.device.type == "cpu":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def cpu_workers(self) -> CpuWorkers | None:
+        """The workers a CPU batch is split over; None on an accelerator, or where
+        ``forward`` must not run in several threads at once."""
+        if not self.parallel_forward:
+            return None
+        return cpu_workers(self.device, self.settings.cpu_workers)
+
+    def _encode(self, tensors: Sequence[torch.Tensor]) -> Vectors:
+        with torch.inference_mode():
+            return self.postprocess(self.forward(torch.stack(list(tensors))))
+
+
+EncoderFactory = Callable[[TaskSettings, Settings], Encoder]
+_REGISTRY: dict[str, type[Encoder]] = {}
+
+
+def register(cls: type[Encoder]) -> type[Encoder]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def encoder_class(task: str) -> type[Encoder]:
+    try:
+        return _REGISTRY[task]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise KeyError(f"no encoder registered for task {task!r} (known: {known})") from None
+
+
+def registered() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+# Model-spec prefixes whose encoder replaces the task's own (``sim:``), and for which tasks.
+_BY_PREFIX: dict[str, tuple[type[Encoder], tuple[str, ...]]] = {}
+
+
+def register_spec_prefix(
+    prefix: str, tasks: tuple[str, ...]
+) -> Callable[[type[Encoder]], type[Encoder]]:
+    def decorator(cls: type[Encoder]) -> type[Encoder]:
+        _BY_PREFIX[prefix] = (cls, tasks)
+        return cls
+
+    return decorator
+
+
+def make_encoder(task: str, settings: Settings) -> Encoder:
+    """The encoder for ``task``: its registered class, or the one its model spec's
+    prefix names (``sim:``, consumers/models/sim.py), unloaded."""
+    section = settings.task(task)
+    for prefix, (cls, tasks) in _BY_PREFIX.items():
+        if section.model.startswith(prefix) and task in tasks:
+            return cls(section, settings)
+    return encoder_class(task)(section, settings)

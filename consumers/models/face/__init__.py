@@ -1,0 +1,1 @@
+"""Faces: detection, alignment and recognition with DeepFace."""

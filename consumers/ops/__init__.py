@@ -1,0 +1,1 @@
+"""What every process runs beside its work: metrics, lag, threads, signals."""

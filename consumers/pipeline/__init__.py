@@ -1,0 +1,1 @@
+"""One micro-batch of one image task: records, S3, decode, results."""

@@ -1,0 +1,199 @@
+"""Request/reply between the gateway and the CLIP consumer, over Kafka.
+
+The gateway stages each image in S3 and publishes an ``RpcRequest`` on ``rpc.v1`` with
+the Kafka headers ``reply_to`` (its replies topic) and ``correlation_id``. Every CLIP
+consumer process also runs this subscriber (one shared consumer group, so requests are
+spread over the replicas); FastStream publishes the handler's return value to
+``reply_to`` with the same ``correlation_id``. The model therefore stays in the consumer
+process and its device thread: RPC work queues behind, and between, pipeline batches
+(on a CPU, images queue on the CPU workers behind the batch in progress, and texts run
+on the device thread beside it, which pipeline batches there no longer occupy).
+
+Requests are best-effort: the offset is committed once the handler returns, and a request
+whose ``deadline`` has passed (its gateway answered 504 already) is skipped. Every
+failure, including bad input, becomes an error reply rather than silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from functools import partial
+from typing import Any, TypeVar
+
+from faststream.kafka import KafkaBroker
+from faststream.middlewares import AckPolicy
+from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
+
+from consumers.config.settings import Settings
+from consumers.models.encoder import Encoder, Vectors
+from consumers.models.zero_shot import LabelSets, UnknownLabelSet, shared_label_sets
+from consumers.pipeline.decode import decode_image
+from consumers.pipeline.item_errors import ItemError
+from consumers.pipeline.records import describe
+from consumers.pipeline.s3 import S3Store, S3Unavailable
+from consumers.vectorstore.keys import StagingAreas
+from consumers.worker.fit import BUDGET_BYTES, clean
+from consumers.worker.subscribe import tolerant_parser
+from schemas.events import S3_URI, ErrorCode, dump, utcnow
+from schemas.rpc import UNKNOWN_LABEL_SET, RpcReply, RpcRequest
+from schemas.topics import Topics
+
+log = logging.getLogger("imagestream.rpc")
+RPC_GROUP = "imagestream-rpc-clip"
+T = TypeVar("T")
+
+
+class _KeyedError(Exception):
+    def __init__(self, key: str, error: ItemError) -> None:
+        super().__init__(error.message)
+        self.key = key
+        self.error = error
+
+
+class _Clip:
+    """What serving a request needs once the consumer has loaded its CLIP encoder."""
+
+    def __init__(
+        self, settings: Settings, encoder: Encoder, s3: S3Store, decode: Executor, device: Executor
+    ) -> None:
+        encode_texts = getattr(encoder, "encode_texts_with_truncation", None)
+        if encode_texts is None:
+            raise TypeError(f"{type(encoder).__name__} cannot embed texts")
+        self.settings = settings
+        self.encoder = encoder
+        self.encode_texts: Callable[[list[str]], tuple[Vectors, list[bool]]] = encode_texts
+        # Shared with the labels task of this process: each label set is embedded once.
+        self.labels = shared_label_sets(
+            settings.zero_shot, encoder, lambda texts: encode_texts(texts)[0]
+        )
+        self.s3 = s3
+        self.staging = StagingAreas.of(settings)
+        self.decode = decode
+        self.device = device
+
+    async def _run(self, executor: Executor, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn)
+
+    async def _pixels(self, key: str, uri: str) -> Any:
+        match = S3_URI.match(uri)
+        if match is None:
+            raise _KeyedError(key, ItemError(ErrorCode.INVALID_EVENT, f"not an s3:// URI: {uri}"))
+        try:
+            self.staging.check(match["bucket"], match["key"], None)  # RPC staging only
+            data = await self.s3.get(match["bucket"], match["key"])
+            hint = self.encoder.min_input_side  # JPEGs decode at the scale the model needs
+            decode = partial(decode_image, data, self.settings.decode, hint)
+            image = await self._run(self.decode, decode)
+            return await self._run(self.decode, partial(self.encoder.preprocess, image))
+        except ItemError as exc:
+            raise _KeyedError(key, exc) from exc
+
+    async def serve(self, request: RpcRequest) -> RpcReply:
+        reply = RpcReply(model=self.encoder.model_name, dim=self.encoder.dim)
+        keys = list(request.images)
+        pixels = await asyncio.gather(*(self._pixels(k, request.images[k]) for k in keys))
+        if pixels:
+            vectors = await self._run(self.device, partial(self.encoder.encode_images, pixels))
+            if request.kind == "labels":
+                ranked = await self._run(
+                    self.device,
+                    partial(self.labels.top_k, vectors, request.label_set, request.top_k),
+                )
+                reply.labels = dict(zip(keys, ranked, strict=True))
+            else:
+                reply.vectors = {k: v.tolist() for k, v in zip(keys, vectors, strict=True)}
+        if request.texts:
+            keys = list(request.texts)
+            texts = [request.texts[k] for k in keys]
+            vectors, cut = await self._run(self.device, partial(self.encode_texts, texts))
+            reply.vectors.update({k: v.tolist() for k, v in zip(keys, vectors, strict=True)})
+            reply.truncated = [k for k, was_cut in zip(keys, cut, strict=True) if was_cut]
+        return reply
+
+
+def reply_bytes(reply: RpcReply) -> bytes:
+    """The reply as published: one that cannot be carried (over the record size limit,
+    or text that is not UTF-8) becomes an error reply saying so."""
+    try:
+        data = dump(reply)
+    except (UnicodeEncodeError, PydanticSerializationError):
+        return dump(RpcReply.failed(ErrorCode.INTERNAL, "the reply held text that is not UTF-8"))
+    if len(data) <= BUDGET_BYTES:
+        return data
+    if reply.error is not None:  # an error message that echoed too much of the request
+        message = clean(reply.error.message, 1000)
+        key = clean(reply.error.key) if reply.error.key else None
+        return dump(RpcReply.failed(reply.error.code, message, key))
+    why = f"the reply is {len(data):,} bytes, over the {BUDGET_BYTES:,} limit: ask for less"
+    return dump(RpcReply.failed(ErrorCode.INVALID_EVENT, why))
+
+
+async def _raw_body(msg: Any) -> bytes:
+    """No JSON decoding in the broker: bad bytes must become an error reply, not silence."""
+    body: bytes = msg.body
+    return body
+
+
+class EncoderRpc:
+    """Subscribes at construction (before the broker starts); serves once ``bind`` ran."""
+
+    def __init__(self, broker: KafkaBroker, topics: Topics, settings: Settings) -> None:
+        self.settings = settings
+        self._clip: _Clip | None = None
+        kafka = settings.kafka
+        subscriber = broker.subscriber(
+            topics.rpc,
+            group_id=topics.group(RPC_GROUP),
+            # Best-effort by design: a request lost to a crash times out at the gateway.
+            ack_policy=AckPolicy.ACK,
+            decoder=_raw_body,
+            parser=tolerant_parser,
+            auto_offset_reset="earliest",
+            session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+            max_poll_interval_ms=kafka.max_poll_interval_ms,
+            fetch_max_wait_ms=kafka.rpc_fetch_max_wait_ms,
+            title=f"{topics.rpc}:clip",
+            description="Gateway requests (embeddings, zero-shot labels); the reply goes to "
+            "the reply_to header's topic with the request's correlation_id.",
+        )
+
+        async def handle(body: RpcRequest) -> bytes:
+            # The annotation documents the payload in AsyncAPI; the broker does not cast
+            # (apply_types=False), and the raw bytes are validated in ``serve``.
+            return reply_bytes(await self.serve(broker.context.get_local("message").body))
+
+        subscriber(handle)
+
+    def bind(self, encoder: Encoder, s3: S3Store, decode: Executor, device: Executor) -> LabelSets:
+        self._clip = _Clip(self.settings, encoder, s3, decode, device)
+        return self._clip.labels
+
+    async def serve(self, raw: bytes) -> RpcReply:
+        try:
+            request = RpcRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            return RpcReply.failed(ErrorCode.INVALID_EVENT, f"bad request: {describe(exc)}")
+        if request.deadline < utcnow():
+            return RpcReply.failed(ErrorCode.UNAVAILABLE, "the request expired before it ran")
+        if self._clip is None:
+            return RpcReply.failed(ErrorCode.UNAVAILABLE, "the CLIP encoder is not loaded yet")
+        return await self._serve(self._clip, request)
+
+    @staticmethod
+    async def _serve(clip: _Clip, request: RpcRequest) -> RpcReply:
+        try:
+            return await clip.serve(request)
+        except _KeyedError as exc:
+            return RpcReply.failed(exc.error.code, exc.error.message, exc.key)
+        except UnknownLabelSet as exc:
+            return RpcReply.failed(UNKNOWN_LABEL_SET, exc.message)
+        except S3Unavailable as exc:
+            return RpcReply.failed(ErrorCode.UNAVAILABLE, str(exc))
+        except Exception as exc:
+            log.exception("rpc %s request failed", request.kind)
+            return RpcReply.failed(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")

@@ -1,0 +1,1 @@
+"""Milvus: collections, filter expressions, errors and keys."""

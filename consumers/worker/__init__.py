@@ -1,0 +1,1 @@
+"""The consumer service: subscribers, delivery, commits and dead letters."""
