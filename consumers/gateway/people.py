@@ -125,6 +125,18 @@ def _person(request: Request, tenant: str, person: Person) -> PersonResponse:
     )
 
 
+async def _change(
+    request: Request,
+    gateway: Api,
+    tenant: str,
+    change: Callable[[], tuple[Person, list[PersonChanged]]],
+) -> PersonResponse:
+    """Make a change (in a thread), publish what it changed on people.v1, answer the person."""
+    found, changes = await _call(change)
+    await _publish(gateway, changes)
+    return _person(request, tenant, found)
+
+
 @router.get("/v1/people", response_model=PeopleResponse, responses=ERRORS, summary="Persons")
 async def people(request: Request, key: FacesKey, collection: Tenant = "") -> PeopleResponse:
     tenant = key.tenant(collection)
@@ -164,9 +176,9 @@ async def rename(
     collection: Tenant = "",
 ) -> PersonResponse:
     tenant = key.tenant(collection)
-    found, changes = await _call(lambda: book(request).rename(tenant, person_id, body.name))
-    await _publish(gateway, changes)
-    return _person(request, tenant, found)
+    return await _change(
+        request, gateway, tenant, lambda: book(request).rename(tenant, person_id, body.name)
+    )
 
 
 @router.post(
@@ -184,9 +196,9 @@ async def merge(
     collection: Tenant = "",
 ) -> PersonResponse:
     tenant = key.tenant(collection)
-    found, changes = await _call(lambda: book(request).merge(tenant, person_id, body.people))
-    await _publish(gateway, changes)
-    return _person(request, tenant, found)
+    return await _change(
+        request, gateway, tenant, lambda: book(request).merge(tenant, person_id, body.people)
+    )
 
 
 @router.delete(
@@ -204,6 +216,6 @@ async def remove_face(
     collection: Tenant = "",
 ) -> PersonResponse:
     tenant = key.tenant(collection)
-    found, changes = await _call(lambda: book(request).remove_face(tenant, person_id, face_id))
-    await _publish(gateway, changes)
-    return _person(request, tenant, found)
+    return await _change(
+        request, gateway, tenant, lambda: book(request).remove_face(tenant, person_id, face_id)
+    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -143,14 +143,9 @@ class VectorStore:
         """Insert or replace whole rows by id (the same id twice leaves one row)."""
         if not rows:
             return
-        # A Milvus server refuses one upsert holding the same key twice (the same image
-        # submitted twice in one batch); the last row wins, as separate upserts would.
-        data = list({row.id: self._row_dict(row) for row in rows}.values())
-        if self.upsert_misfiles_rows:
-            self._call("delete", filter=filter_expr(None, [str(row["id"]) for row in data]))
-            self._call("insert", data=data)
-        else:
-            self._call("upsert", data=data)
+        data = write_rows(
+            self._call, [self._row_dict(row) for row in rows], self.upsert_misfiles_rows
+        )
         self._unflushed += len(data)
         if self.flush_every_rows and self._unflushed >= self.flush_every_rows:
             self._unflushed = 0
@@ -370,6 +365,24 @@ def stored_dim(settings: MilvusSettings, collection: str) -> int | None:
         client.close()
     dims = [int(f["params"]["dim"]) for f in fields if f["name"] == "vector"]
     return dims[0] if dims else None
+
+
+def write_rows(
+    call: Callable[..., Any], rows: Sequence[dict[str, Any]], misfiles: bool
+) -> list[dict[str, Any]]:
+    """Insert or replace ``rows`` by id through a store's ``_call``; the rows written.
+
+    A Milvus server refuses one upsert holding the same key twice (the same image
+    submitted twice in one batch): the last row of an id wins, as separate upserts
+    would. Where upserts misfile rows (``upsert_misfiles``), delete and insert instead.
+    """
+    data = list({str(row["id"]): row for row in rows}.values())
+    if misfiles:
+        call("delete", filter=filter_expr(None, [str(row["id"]) for row in data]))
+        call("insert", data=data)
+    else:
+        call("upsert", data=data)
+    return data
 
 
 def upsert_misfiles(server_version: str) -> bool:

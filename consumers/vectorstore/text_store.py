@@ -31,6 +31,7 @@ from consumers.vectorstore.store import (
     URI_MAX_BYTES,
     VectorStore,
     upsert_misfiles,
+    write_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -115,12 +116,7 @@ class TextStore:
     def upsert(self, rows: Sequence[TextRow]) -> None:
         if not rows:
             return
-        data = list({row.id: self._row_dict(row) for row in rows}.values())
-        if self._misfiles:
-            self._call("delete", filter=filter_expr(None, [str(row["id"]) for row in data]))
-            self._call("insert", data=data)
-        else:
-            self._call("upsert", data=data)
+        write_rows(self._call, [self._row_dict(row) for row in rows], self._misfiles)
 
     def get(self, ids: Sequence[str]) -> list[dict[str, Any]]:
         """Stored rows in the order of ``ids``; missing ids are skipped."""
