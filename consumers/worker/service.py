@@ -81,6 +81,7 @@ class ConsumerService:
         self.ready = False
         self._s3 = S3Store(settings.s3)
         self._stores: list[VectorStore | TextStore] = []
+        self._texts: dict[str, TextStore] = {}  # by collection: a task and search share one
         self._pools: Pools | None = None
         for task in self.tasks:
             self._subscribe(task)
@@ -160,22 +161,26 @@ class ConsumerService:
         staging = StagingAreas.of(self.settings)
         text_collection = image_task_class.text_collection(self.settings)
         if text_collection is not None:  # OCR text, captions: for text search and classify
-            texts = TextStore(self.settings.milvus, text_collection)
-            await asyncio.get_running_loop().run_in_executor(pools.store, texts.open)
-            self._stores.append(texts)
-            image_task.text_store = texts
+            image_task.text_store = await self._text_store(text_collection, pools)
         return ImagePipeline(image_task, self._s3, self.settings.decode, pools, staging)
 
     async def _open_text_stores(self, pools: Pools) -> dict[str, TextStore]:
         """The caption and OCR text collections that text and hybrid search read (created
         empty when no task has written them yet)."""
-        stores = {}
-        for name, collection in text_collections(self.settings).items():
+        return {
+            name: await self._text_store(collection, pools)
+            for name, collection in text_collections(self.settings).items()
+        }
+
+    async def _text_store(self, collection: str, pools: Pools) -> TextStore:
+        """The open store of one text collection, opened on first use (in the store thread,
+        which every call on it uses)."""
+        if collection not in self._texts:
             store = TextStore(self.settings.milvus, collection)
             await asyncio.get_running_loop().run_in_executor(pools.store, store.open)
             self._stores.append(store)
-            stores[name] = store
-        return stores
+            self._texts[collection] = store
+        return self._texts[collection]
 
     async def stop(self) -> None:
         """In-flight batches get ``graceful_timeout_s`` to finish; one waiting on a retry
