@@ -80,7 +80,7 @@ async def through_stack(settings: Settings, images: list[Image.Image]) -> dict[s
             embedded_stack(settings, root / "runtime") as live,
             running_consumers(live, ["ocr"]) as service,
         ):
-            workers = service.pipelines["ocr"].task.encoder.workers  # type: ignore[attr-defined]
+            workers = service.workers["ocr"].pipeline.task.encoder.workers  # type: ignore[attr-defined]
             started = perf_counter()
             results = await ingest(live, uploads, tasks=["ocr"], top_k=0, timeout_s=600)
             seconds = perf_counter() - started

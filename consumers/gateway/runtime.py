@@ -49,6 +49,9 @@ class GatewayRuntime:
         self.producer = make_producer(self.settings.kafka, "imagestream-gateway")
         await self.producer.start()
         kwargs = client_kwargs(self.settings.kafka) | {"client_id": "imagestream-gateway"}
+        # aiokafka itself, not a FastStream subscriber: the reader assigns itself every
+        # partition, seeks results by time, and must hold its position before the first
+        # request is sent (or an early reply is missed); a subscriber gives no such hold.
         # A short fetch wait: replies are what a caller is waiting on.
         self._reader = AIOKafkaConsumer(**kwargs, enable_auto_commit=False, fetch_max_wait_ms=50)
         await self._reader.start()

@@ -144,6 +144,9 @@ class CallbackSender:
         self._done: OrderedDict[str, None] = OrderedDict()
 
     def _consumer(self) -> AIOKafkaConsumer:
+        # aiokafka itself, not a FastStream subscriber: each poll is sized to one wave of
+        # callback_concurrency sends and committed only once every send of the wave was
+        # delivered or parked, with a poll interval derived from callback_worst_s.
         kafka = self.settings.kafka
         return AIOKafkaConsumer(
             self.topics.results,

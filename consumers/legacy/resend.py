@@ -119,6 +119,8 @@ class Resender:
         return (failed.failed_at + timedelta(seconds=delay) - utcnow()).total_seconds()
 
     def _consumer(self) -> AIOKafkaConsumer:
+        # aiokafka itself, not a FastStream subscriber: a partition whose next record is
+        # not due is paused and resumed later, which FastStream's subscribers cannot do.
         kafka = self.settings.kafka
         return AIOKafkaConsumer(
             **client_kwargs(kafka),

@@ -85,30 +85,44 @@ class Prepared:
 
 
 class ImagePipeline:
+    """One task's batches. Built before the subscriber, and so before its model is
+    loaded: ``bind`` hands it the task once the model and its stores are ready, which is
+    before the broker starts and delivers the first batch."""
+
     def __init__(
         self,
-        task: ImageTask[Any, Any],
+        name: str,
         s3: S3Store,
         decode: DecodeSettings,
         pools: Pools,
         staging: StagingAreas | None = None,
     ) -> None:
-        self.task = task
+        self.name = name
         self.s3 = s3
         self.decode_settings = decode
         self.pools = pools
         self.staging = staging  # uploads staged per tenant: an event reads only its own
+        self._task: ImageTask[Any, Any] | None = None
+
+    def bind(self, task: ImageTask[Any, Any]) -> None:
+        self._task = task
 
     @property
-    def name(self) -> str:
-        return self.task.name
+    def task(self) -> ImageTask[Any, Any]:
+        if self._task is None:
+            raise RuntimeError(f"the {self.name} pipeline has no model yet (start() loads it)")
+        return self._task
+
+    def model_name(self) -> str | None:
+        return self._task.model_name if self._task is not None else None
+
+    def close(self) -> None:
+        """Release what the task opened itself (its stores are closed by their opener)."""
+        if self._task is not None:
+            self._task.close()
 
     async def _run(self, executor: Executor, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(executor, fn)
-
-    async def process(self, records: Sequence[Record]) -> list[TaskResult]:
-        """Results in input order; events for other tasks yield none."""
-        return [result for _, result in await self.process_indexed(records)]
 
     async def process_indexed(self, records: Sequence[Record]) -> list[tuple[int, TaskResult]]:
         """(index into ``records``, result) in input order; events for other tasks and

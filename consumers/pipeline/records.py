@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeGuard, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -23,6 +23,9 @@ class Record:
     key: bytes | None
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
+    # What ``parse_event`` made of the value, once (the subscriber's decoder parses each
+    # record as it is polled); a retry, split or replay reads it from here.
+    event: BaseModel | BadEvent | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_consumer_record(cls, record: Any) -> Record:
@@ -30,6 +33,10 @@ class Record:
         return cls(
             record.topic, record.partition, record.offset, record.key, record.value or b"", headers
         )
+
+    def parsed(self, model: type[BaseModel]) -> Record:
+        """This record with its value parsed as ``model`` (or why it is not one)."""
+        return replace(self, event=parse_event(self, model))
 
     @property
     def position(self) -> str:
@@ -92,6 +99,11 @@ def parse_event(record: Record, model: type[E]) -> E | BadEvent:
     pydantic's own JSON parser reads the event: unlike ``json.loads`` it refuses lone
     surrogates (``"\\ud800"``), which would make every id and result derived from the
     event unencodable, and it bounds nesting and number sizes itself."""
+    done = record.event
+    if isinstance(done, BadEvent):
+        return done
+    if isinstance(done, model):
+        return done  # parsed once already, by the subscriber's decoder
     try:
         return model.model_validate_json(record.value)
     except ValidationError as exc:

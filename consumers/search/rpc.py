@@ -23,10 +23,10 @@ from concurrent.futures import Executor
 from functools import partial
 from typing import Any, TypeVar
 
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaRouter
 from faststream.middlewares import AckPolicy
-from pydantic import ValidationError
-from pydantic_core import PydanticSerializationError
+from pydantic import GetCoreSchemaHandler, ValidationError
+from pydantic_core import CoreSchema, PydanticSerializationError
 
 from consumers.config.settings import Settings
 from consumers.models.encoder import Encoder, Vectors
@@ -132,25 +132,46 @@ def reply_bytes(reply: RpcReply) -> bytes:
     return dump(RpcReply.failed(ErrorCode.INVALID_EVENT, why))
 
 
-async def _raw_body(msg: Any) -> bytes:
-    """No JSON decoding in the broker: bad bytes must become an error reply, not silence."""
-    body: bytes = msg.body
-    return body
+def read_request(raw: bytes) -> RpcRequest | RpcReply:
+    """The request, or the error reply that refuses it: bad bytes get an answer, not
+    silence."""
+    try:
+        return RpcRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        return RpcReply.failed(ErrorCode.INVALID_EVENT, f"bad request: {describe(exc)}")
+
+
+class Incoming:
+    """What the rpc handler takes: ``read_request`` of the record (the subscriber's
+    decoder reads it, so the broker needs no casting). Documented as its wire form."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: RpcRequest | RpcReply) -> None:
+        self.request = request
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return handler(RpcRequest)
+
+
+async def _decode(msg: Any) -> Incoming:
+    return Incoming(read_request(msg.body))
 
 
 class EncoderRpc:
     """Subscribes at construction (before the broker starts); serves once ``bind`` ran."""
 
-    def __init__(self, broker: KafkaBroker, topics: Topics, settings: Settings) -> None:
+    def __init__(self, router: KafkaRouter, topics: Topics, settings: Settings) -> None:
         self.settings = settings
         self._clip: _Clip | None = None
         kafka = settings.kafka
-        subscriber = broker.subscriber(
+        subscriber = router.subscriber(
             topics.rpc,
             group_id=topics.group(RPC_GROUP),
             # Best-effort by design: a request lost to a crash times out at the gateway.
             ack_policy=AckPolicy.ACK,
-            decoder=_raw_body,
+            decoder=_decode,
             parser=tolerant_parser,
             auto_offset_reset="earliest",
             session_timeout_ms=kafka.session_timeout_ms,
@@ -161,23 +182,21 @@ class EncoderRpc:
             description="Gateway requests (embeddings, zero-shot labels); the reply goes to "
             "the reply_to header's topic with the request's correlation_id.",
         )
+        subscriber(self.handle)
 
-        async def handle(body: RpcRequest) -> bytes:
-            # The annotation documents the payload in AsyncAPI; the broker does not cast
-            # (apply_types=False), and the raw bytes are validated in ``serve``.
-            return reply_bytes(await self.serve(broker.context.get_local("message").body))
-
-        subscriber(handle)
+    async def handle(self, incoming: Incoming) -> bytes:
+        return reply_bytes(await self.answer(incoming.request))
 
     def bind(self, encoder: Encoder, s3: S3Store, decode: Executor, device: Executor) -> LabelSets:
         self._clip = _Clip(self.settings, encoder, s3, decode, device)
         return self._clip.labels
 
     async def serve(self, raw: bytes) -> RpcReply:
-        try:
-            request = RpcRequest.model_validate_json(raw)
-        except ValidationError as exc:
-            return RpcReply.failed(ErrorCode.INVALID_EVENT, f"bad request: {describe(exc)}")
+        return await self.answer(read_request(raw))
+
+    async def answer(self, request: RpcRequest | RpcReply) -> RpcReply:
+        if isinstance(request, RpcReply):
+            return request  # refused as it was read
         if request.deadline < utcnow():
             return RpcReply.failed(ErrorCode.UNAVAILABLE, "the request expired before it ran")
         if self._clip is None:

@@ -28,19 +28,18 @@ from functools import partial
 from time import perf_counter
 from typing import Any, TypeVar
 
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaRouter
 
 from consumers.config.settings import Settings
-from consumers.ops.metrics import observe_results
 from consumers.pipeline.records import BadEvent, Record, parse_event
 from consumers.pipeline.results import Stopwatch, error_result, ok_result, since
 from consumers.search.fusion import CLIP_LIST, Hit, Lists, fuse, group_queries, word_lists
 from consumers.tasks.base import ImageTask, strip_tenant, vector_id
 from consumers.vectorstore.store import VectorStore
 from consumers.vectorstore.text_store import TextStore
-from consumers.worker.delivery import BatchHandler, Delivered
-from consumers.worker.fit import publish_result
-from consumers.worker.subscribe import batch_subscriber
+from consumers.worker.delivery import BatchHandler, record_handled
+from consumers.worker.publisher import ResultPublisher
+from consumers.worker.subscribe import PolledBatch, batch_subscriber
 from schemas.events import Neighbor, SearchMode, TaskResult, TextQuery
 from schemas.topics import Topics
 
@@ -65,37 +64,36 @@ class TextSearch:
     """Subscribes at construction (before the broker starts); serves once ``bind`` ran."""
 
     def __init__(
-        self, broker: KafkaBroker, topics: Topics, settings: Settings, results: Any, stopping: Any
+        self,
+        router: KafkaRouter,
+        topics: Topics,
+        settings: Settings,
+        publisher: ResultPublisher,
+        stopping: asyncio.Event,
     ) -> None:
-        self.results = results
         self.settings = settings.search
         self._bound: _Bound | None = None
         self.handler = BatchHandler(
-            TASK, self.process, self._publish, settings.delivery, stopping, model=self._model
+            TASK, self.process, publisher.results_only, settings.delivery, stopping, self._model
         )
         subscriber = batch_subscriber(
-            broker,
+            router,
             topics.queries,
             TASK,
             settings.search,
             settings.kafka,
+            model=TextQuery,
             listener=self.handler.listener,
             description="Text-to-image search (modes vector, text, hybrid); one TaskResult "
             "(task search, image_id = query_id) per query.",
         )
+        subscriber(self.handle)
 
-        async def handle(body: list[TextQuery]) -> None:
-            # The annotation documents the payload in AsyncAPI; records are parsed one by
-            # one in ``process`` so a bad query becomes an error result.
-            msg = broker.context.get_local("message")
-            records = [Record.from_consumer_record(r) for r in msg.raw_message]
-            with self.handler.inflight.batch(records) as flight:
-                handled = await self.handler.handle(msg.consumer, flight)
-            if handled is not None:
-                delivered = [d.result for d in handled.delivered]
-                observe_results(TASK, delivered, len(records), handled.publish_ms)
-
-        subscriber(handle)
+    async def handle(self, batch: PolledBatch[TextQuery]) -> None:
+        with self.handler.inflight.batch(batch.records) as flight:
+            handled = await self.handler.handle(batch.consumer, flight)
+        if handled is not None:
+            record_handled(TASK, handled, len(batch.records))
 
     def bind(
         self,
@@ -110,9 +108,6 @@ class TextSearch:
 
     def _model(self) -> str | None:
         return self._bound.encoder.model_name if self._bound else None
-
-    async def _publish(self, task: str, delivered: list[Delivered]) -> None:
-        await asyncio.gather(*(publish_result(self.results, d.result) for d in delivered))
 
     async def process(self, records: Sequence[Record]) -> list[tuple[int, TaskResult]]:
         if self._bound is None:

@@ -33,7 +33,7 @@ import torch
 from aiokafka.errors import KafkaError
 
 from consumers.config.settings import DeliverySettings
-from consumers.ops.metrics import BATCH_RETRIES
+from consumers.ops.metrics import BATCH_RETRIES, observe_results
 from consumers.pipeline.item_errors import ItemError
 from consumers.pipeline.records import Record, parse_image_event
 from consumers.pipeline.results import Stopwatch, error_result, since
@@ -190,6 +190,11 @@ class Handled:
     publish_ms: float
 
 
+def record_handled(task: str, handled: Handled, polled: int) -> None:
+    """A delivered batch's results, batch size and publish time, for Prometheus."""
+    observe_results(task, [d.result for d in handled.delivered], polled, handled.publish_ms)
+
+
 class BatchHandler:
     """One subscriber's batches: deliver, publish (results + DLQ), commit or rewind."""
 
@@ -259,6 +264,9 @@ class BatchHandler:
         rewind(consumer, flight.records, flight)
 
     async def _commit(self, consumer: Any, flight: Flight) -> None:
+        # aiokafka's commit of this batch's own offsets, not FastStream's ack: an ack
+        # commits the consumer's positions, past the batch polled next (prefetch) and
+        # on partitions this member has lost.
         records = flight.records
         offsets = flight.owned(next_offsets(records))
         try:

@@ -1,4 +1,5 @@
-"""The batch subscriber every consumer group here uses: manual acks, raw bytes in."""
+"""The batch subscriber every consumer group here uses: manual acks, each record parsed
+on its own by the decoder, into the typed batch the handler takes."""
 
 from __future__ import annotations
 
@@ -6,18 +7,44 @@ import dataclasses
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaRouter
 from faststream.middlewares import AckPolicy
+from pydantic import BaseModel, GetCoreSchemaHandler
+from pydantic_core import CoreSchema
 
 from consumers.config.settings import KafkaSettings, SearchSettings, TaskSettings
+from consumers.pipeline.records import Record
 from schemas.topics import Topics
 
 log = logging.getLogger("imagestream.consumer")
 # Kafka's own rule for topic names; a reply_to header that breaks it cannot be answered.
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 Parse = Callable[[Any], Awaitable[Any]]
+E = TypeVar("E", bound=BaseModel)
+
+
+class PolledBatch(Generic[E]):
+    """What a batch subscriber's handler takes: the polled records, each with its value
+    parsed as ``E`` or as why it is not one (``Record.event``), and the consumer that
+    polled them, which commits their offsets (manual, per partition: delivery.py).
+
+    FastStream casts a handler's body only as a whole, so one bad event would fail the
+    batch: the broker runs with ``apply_types=False`` and this decoder parses each record
+    itself. The body's documented schema is its wire form, a list of ``E``.
+    """
+
+    __slots__ = ("consumer", "records")
+
+    def __init__(self, records: list[Record], consumer: Any) -> None:
+        self.records = records
+        self.consumer = consumer
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        (model,) = getattr(source, "__args__", (BaseModel,))
+        return handler(list[model])  # type: ignore[valid-type]  # the batch's event model
 
 
 def _readable(record: Any) -> Any:
@@ -64,10 +91,15 @@ async def tolerant_parser(record: Any, original: Parse) -> Any:
     return msg
 
 
-async def raw_values(msg: Any) -> list[bytes]:
-    """Hand the handler the raw bytes: a malformed event must become an error result,
-    not a decoding exception that fails the whole batch."""
-    return [record.value or b"" for record in msg.raw_message]
+def batch_decoder(model: type[E]) -> Callable[[Any], Awaitable[PolledBatch[E]]]:
+    """The decoder of a batch of ``model`` events: parses each record, never raises (a
+    malformed event becomes an error result, not a decoding failure of the batch)."""
+
+    async def decode(msg: Any) -> PolledBatch[E]:
+        records = [Record.from_consumer_record(r).parsed(model) for r in msg.raw_message]
+        return PolledBatch(records, msg.consumer)
+
+    return decode
 
 
 def consumer_group(name: str, options: TaskSettings | SearchSettings, kafka: KafkaSettings) -> str:
@@ -77,25 +109,26 @@ def consumer_group(name: str, options: TaskSettings | SearchSettings, kafka: Kaf
 
 
 def batch_subscriber(
-    broker: KafkaBroker,
+    router: KafkaRouter,
     topic: str,
     name: str,
     options: TaskSettings | SearchSettings,
     kafka: KafkaSettings,
     *,
+    model: type[BaseModel],
     listener: Any,
     description: str,
 ) -> Any:
-    """A subscriber for ``consumer_group(name, ...)`` whose commits the handler makes;
-    ``listener`` sees the group's rebalances."""
-    return broker.subscriber(
+    """A subscriber for ``consumer_group(name, ...)`` of ``model`` events, whose commits
+    the handler makes; ``listener`` sees the group's rebalances."""
+    return router.subscriber(
         topic,
         group_id=consumer_group(name, options, kafka),
         batch=True,
         max_records=options.max_records,
         batch_timeout_ms=options.batch_timeout_ms,
         ack_policy=AckPolicy.MANUAL,
-        decoder=raw_values,
+        decoder=batch_decoder(model),
         parser=tolerant_batch_parser,
         auto_offset_reset=kafka.auto_offset_reset,
         session_timeout_ms=kafka.session_timeout_ms,

@@ -13,7 +13,7 @@ import json
 from collections.abc import Coroutine
 from typing import Any
 
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaRouter
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -134,8 +134,8 @@ def test_replay_reads_any_dlq_headers(heads: tuple[tuple[str, bytes], ...]) -> N
     assert all(encodable(v) for v in dlq_headers(prefixed).values())
 
 
-# Subscribed on a broker that never starts: serve() is called directly.
-_RPC = EncoderRpc(KafkaBroker("127.0.0.1:9"), Topics(""), Settings(_env_file=None))
+# Subscribed on a router no broker includes: serve() is called directly.
+_RPC = EncoderRpc(KafkaRouter(), Topics(""), Settings(_env_file=None))
 _HUGE_URI = b'{"kind": "embed", "images": {"a": "' + b"x" * 1_100_000 + b'"}, '
 
 

@@ -146,5 +146,5 @@ async def test_redelivered_event_yields_the_same_result_id_and_one_vector(
         results += await collect(reader, 1, timeout_s=90)
     assert len(results) == 2
     assert results[0].result_id == results[1].result_id
-    store = service.pipelines["clip"].task.store
+    store = service.workers["clip"].pipeline.task.store
     assert store.count() == 1

@@ -96,7 +96,7 @@ async def test_every_face_stored_and_the_same_face_found_in_the_other_photo(
     cameraman, astronaut = sorted(n.score for n in face.neighbors if n.image_id == "pair")
     assert cameraman < 0.93 <= astronaut < 0.999
     assert not any(n.image_id == "astro-2" for n in face.neighbors)
-    assert service.pipelines["face"].task.store.count() == 4  # 1 + 2 + 0 + 1 faces
+    assert service.workers["face"].pipeline.task.store.count() == 4  # 1 + 2 + 0 + 1 faces
 
 
 def _ok(result: TaskResult) -> TaskResult:

@@ -117,7 +117,7 @@ async def test_dinov2_neighbours_find_an_exact_duplicate_first(
     assert all(n.score < 0.9999 for n in copy.neighbors[1:])
     assert min(copy.timings.encode, copy.timings.index, copy.timings.search) > 0
     # Its own collection, keyed by the same image id as CLIP's.
-    store = service.pipelines["dinov2"].task.store
+    store = service.workers["dinov2"].pipeline.task.store
     assert store.collection == "dinov2_images"
     (row,) = store.get([f"{run}-copy"])
     assert row["image_id"] == f"{run}-copy"
@@ -130,7 +130,7 @@ async def test_an_image_gets_a_caption_stored_by_its_id_with_timings(
     run = uuid.uuid4().hex[:6]
     results = await _submit(settings, {f"{run}-a": "chelsea", f"{run}-b": "rocket"}, ["caption"])
 
-    store = service.pipelines["caption"].task.store
+    store = service.workers["caption"].pipeline.task.store
     assert store.collection == "captions"
     for image_id, result in results.items():
         assert result.status is Status.OK, result.error
@@ -165,8 +165,8 @@ async def test_labels_are_the_top_k_of_the_shared_label_set(
     assert result.timings.encode > 0
     # The labels task shares CLIP with the clip task, and its label vectors with anyone
     # asking for the same model's sets (the gateway's /v1/labels does, through rpc.py).
-    labels_encoder = service.pipelines["labels"].task.encoder
-    clip_encoder = service.pipelines["clip"].task.encoder
+    labels_encoder = service.workers["labels"].pipeline.task.encoder
+    clip_encoder = service.workers["clip"].pipeline.task.encoder
     assert labels_encoder.bundle.model is clip_encoder.bundle.model  # type: ignore[attr-defined]
     shared = shared_label_sets(settings.zero_shot, clip_encoder)
     assert shared is shared_label_sets(settings.zero_shot, labels_encoder)

@@ -148,7 +148,7 @@ async def test_an_image_without_text_is_ok_with_empty_text_and_a_row(
     assert blank.ocr is not None
     assert blank.ocr.text == ""
     assert blank.ocr.lines == []
-    store = service.pipelines["ocr"].task.texts
+    store = service.workers["ocr"].pipeline.task.texts
     assert store.collection == "ocr_texts"
     sign_id = f"{ingested.run}-sign"
     row, empty = store.get([sign_id, blank.image_id])
@@ -233,7 +233,7 @@ async def test_chat_captions_are_found_by_their_words(
     assert all(results[i].status is Status.OK for i in asked)
     assert results[asked[0]].model == "random:tiny-idefics3"
     # Random weights say nothing true, but what they say is stored and searchable by word.
-    stored = service.pipelines["caption"].task.texts.get(asked)
+    stored = service.workers["caption"].pipeline.task.texts.get(asked)
     assert [row["text"] for row in stored] == [captions[i] for i in asked]
     for image_id, caption in captions.items():
         if not any(ch.isalnum() for ch in caption):
@@ -275,7 +275,7 @@ async def test_a_head_on_clip_and_ocr_classifies_by_the_printed_word(
         assert result.classes is not None
         assert [(c.head, c.label) for c in result.classes] == [("product", want)]
     # The unread image's text was read by classify itself, and not stored by it.
-    store = service.pipelines["ocr"].task.texts
+    store = service.workers["ocr"].pipeline.task.texts
     assert [row["image_id"] for row in store.get(list(held))] == [f"{run}-stored"]
 
 

@@ -88,10 +88,12 @@ class InMemory:
                 parser._setup(self.consumer)
 
     def results(self) -> list[TaskResult]:
-        return [TaskResult.model_validate(_json(b)) for b in _bodies(self.service.results)]
+        return [
+            TaskResult.model_validate(_json(b)) for b in _bodies(self.service.publisher.results)
+        ]
 
     def dead_letters(self) -> list[Any]:
-        return _bodies(self.service.dlq)
+        return _bodies(self.service.publisher.dlq)
 
     async def submit(self, value: bytes, key: bytes, topic: str | None = None) -> None:
         topic = topic or self.service.topics.images
@@ -128,8 +130,8 @@ async def memory(
 
 
 def _forget(memory: InMemory) -> None:
-    memory.service.results.mock.reset_mock()
-    memory.service.dlq.mock.reset_mock()
+    memory.service.publisher.results.mock.reset_mock()
+    memory.service.publisher.dlq.mock.reset_mock()
     for recorded in (memory.consumer.commits, memory.consumer.published_at_commit):
         recorded.clear()
     memory.consumer.seeks.clear()
@@ -208,7 +210,7 @@ async def test_an_event_for_another_task_is_committed_without_a_result(memory: I
 
 
 async def test_an_s3_outage_rewinds_the_batch_instead_of_answering(memory: InMemory) -> None:
-    pipeline = memory.service.pipelines["clip"]
+    pipeline = memory.service.workers["clip"].pipeline
     reachable = pipeline.s3
     closed_port = {"endpoint_url": "http://127.0.0.1:9", "connect_timeout_s": 0.5}
     unreachable = S3Store(memory.service.settings.s3.model_copy(update=closed_port))

@@ -74,7 +74,7 @@ async def test_a_silent_s3_holds_the_batch_without_losing_the_group(
         ):
             await produce_events(settings, events[:1])  # joined and consuming
             assert [r.status for r in await collect(reader, 1, timeout_s=30)] == [Status.OK]
-            inflight = service.handlers["clip"].handler.inflight
+            inflight = service.workers["clip"].delivery.inflight
             rebalances = inflight.rebalances
             gate.hang()
             await produce_events(settings, events[1:])
