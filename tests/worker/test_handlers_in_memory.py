@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ from consumers.config.settings import (
 )
 from consumers.pipeline.s3 import S3Store
 from consumers.worker.service import ConsumerService
-from schemas.events import ErrorCode, TaskResult, TextQuery, dump
+from schemas.events import ErrorCode, TaskResult, TextQuery, dump, utcnow
+from schemas.rpc import RpcReply
 from tests.helpers import event, sample_jpeg, upload
 
 PARTITION = 0  # TestKafkaBroker delivers every record on partition 0 at offset 0
@@ -245,3 +247,26 @@ async def test_a_blank_text_query_is_an_invalid_event(memory: InMemory) -> None:
     assert result.error is not None
     assert result.error.code == ErrorCode.INVALID_EVENT
     assert memory.consumer.commits == _committed(memory.service.topics.queries)
+
+
+async def _request(memory: InMemory, body: bytes) -> RpcReply:
+    """One rpc.v1 request through FastStream's in-memory request/reply."""
+    response = await memory.broker.request(body, topic=memory.service.topics.rpc, timeout=30)
+    return RpcReply.model_validate_json(response.body)
+
+
+async def test_an_rpc_text_request_is_answered_with_its_vector(memory: InMemory) -> None:
+    deadline = (utcnow() + timedelta(minutes=1)).isoformat()
+    request = {"kind": "embed", "texts": {"q": "a hedgehog"}, "deadline": deadline}
+    reply = await _request(memory, json.dumps(request).encode())
+    assert reply.error is None
+    clip = memory.service.workers["clip"].pipeline.task
+    assert (reply.model, reply.dim) == (clip.model_name, clip.dim)
+    assert len(reply.vectors["q"]) == clip.dim
+
+
+async def test_an_rpc_request_the_decoder_refuses_gets_an_error_reply(memory: InMemory) -> None:
+    reply = await _request(memory, b'{"kind": "embed"}')  # no deadline
+    assert reply.error is not None
+    assert reply.error.code == ErrorCode.INVALID_EVENT
+    assert "deadline" in reply.error.message
