@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 from consumers.config.settings import DecodeSettings
 from consumers.models.cpu_workers import worker_starts
-from consumers.ops.threads import named_pool
 from consumers.pipeline.decode import decode_image
 from consumers.pipeline.item_errors import ItemError
+from consumers.pipeline.pools import Pools
 from consumers.pipeline.records import BadEvent, Record, parse_image_event
 from consumers.pipeline.results import Stopwatch, error_result, ok_result, since
 from consumers.pipeline.s3 import S3Store, S3Unavailable
@@ -39,39 +39,6 @@ log = logging.getLogger("imagestream.pipeline")
 T = TypeVar("T")
 R = TypeVar("R")
 Step = Callable[["Job[Any]"], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Pools:
-    """Where blocking work runs: many decode threads, one device thread, one store thread,
-    and two feed threads.
-
-    A model call on an accelerator runs on the device thread, one at a time. One on the
-    CPU workers (``ImageTask.infers_on_cpu_workers``) runs on a feed thread, which only
-    hands the shards over and waits: with two, the next batch's shards queue behind this
-    one's, so neither worker idles at the boundary between batches (2% more throughput in
-    the load test, docs/performance.md). The workers' queue keeps the calls in order; a
-    one-image call skips it and runs at once on torch's threads (the fastest answer at
-    low load, when it is also the likeliest).
-    """
-
-    decode: ThreadPoolExecutor
-    device: ThreadPoolExecutor
-    store: ThreadPoolExecutor
-    feed: ThreadPoolExecutor
-
-    @classmethod
-    def create(cls, decode_threads: int) -> Pools:
-        threads = (("decode", decode_threads), ("device", 1), ("milvus", 1), ("feed", 2))
-        return cls(*(named_pool(name, n) for name, n in threads))
-
-    def shutdown(self) -> None:
-        for pool in (self.decode, self.device, self.store, self.feed):
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def model(self, task: ImageTask[Any, Any]) -> ThreadPoolExecutor:
-        """Where ``task``'s model call runs."""
-        return self.feed if task.infers_on_cpu_workers else self.device
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 from faststream.kafka import KafkaBroker, KafkaRouter
 
 from consumers.config.settings import Settings
-from consumers.pipeline.batch import Pools
+from consumers.pipeline.pools import Pools
 from consumers.pipeline.s3 import S3Store
 from consumers.search.fusion import text_collections
 from consumers.search.rpc import EncoderRpc

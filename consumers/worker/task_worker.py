@@ -20,7 +20,8 @@ from faststream.kafka import KafkaRouter
 from consumers.config.settings import Settings
 from consumers.models import make_encoder
 from consumers.ops.metrics import MODEL_LOAD_S
-from consumers.pipeline.batch import ImagePipeline, Pools
+from consumers.pipeline.batch import ImagePipeline
+from consumers.pipeline.pools import Pools
 from consumers.pipeline.s3 import S3Store
 from consumers.tasks import task_class
 from consumers.tasks.base import ImageTask

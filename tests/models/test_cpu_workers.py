@@ -15,7 +15,7 @@ import torch
 from consumers.config.settings import ClipSettings, Settings
 from consumers.models.clip import ClipEncoder
 from consumers.models.cpu_workers import CpuWorkers, cpu_workers, split, worker_starts
-from consumers.pipeline.batch import Pools
+from consumers.pipeline.pools import Pools
 from consumers.tasks.caption import CaptionTask
 from consumers.tasks.embedding import ClipTask
 from tests.models.test_clip_encoder import noise_image
