@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     from consumers.cli.commands import add_commands as add_task_commands
 
     add_task_commands(sub)  # classifier, search
-    from consumers.worker.dlq import add_command as add_dlq_command
+    from consumers.cli.dlq import add_command as add_dlq_command
 
     add_dlq_command(sub)  # dlq replay
     from consumers.gateway.api_keys import add_command as add_keys_command
@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("gateway", help="serve the HTTP gateway (IMAGESTREAM_GATEWAY__*)")
     legacy = sub.add_parser("legacy", help="run the legacy polling adapter (POLLING_URL)")
     legacy.add_argument("--only", choices=["poller", "sender"], help="run one half only")
-    from consumers.legacy.resend import add_command as add_resend_command
+    from consumers.cli.legacy import add_command as add_resend_command
 
     add_resend_command(legacy)  # legacy resend
     schemas = sub.add_parser(
