@@ -30,13 +30,8 @@ from consumers.models.face.deepface_env import (
 )
 from consumers.models.face.detect import Box, Detected, Detector, DetectorPool, detect_faces
 from consumers.models.face.dlib_weights import DLIB_MODEL, dlib_descriptors
-from consumers.models.weights import (
-    RANDOM_PREFIX,
-    _one_line,
-    presets,
-    random_model_dir,
-    with_fallback,
-)
+from consumers.models.presets import presets, random_model_dir
+from consumers.models.weights import RANDOM_PREFIX, _one_line, with_fallback
 from consumers.pipeline.decode import SOURCE_SIZE
 from consumers.pipeline.item_errors import ModelLoadError
 
