@@ -17,10 +17,9 @@ from consumers.gateway.auth import SearchKey
 from consumers.gateway.deps import Api
 from consumers.gateway.errors import ApiError, ApiErrorCode, request_id
 from consumers.gateway.responses import ERRORS
-from schemas.events import Neighbor, SearchMode, TextQuery, dump
+from schemas.events import SEARCH_TASK, Neighbor, SearchMode, TextQuery, dump
 
 router = APIRouter()
-SEARCH = "search"
 
 
 class SearchRequest(BaseModel):
@@ -73,7 +72,7 @@ async def search(
     await runtime.producer.send_and_wait(topic, dump(query), key=query.query_id.encode())
     try:
         (result,) = await runtime.cache.wait(
-            query.query_id, query.event_id, {SEARCH}, timeout, tenant=query.collection or ""
+            query.query_id, query.event_id, {SEARCH_TASK}, timeout, tenant=query.collection or ""
         )
     except TimeoutError:
         raise ApiError(

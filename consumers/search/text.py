@@ -13,14 +13,12 @@ longer than the CLIP model's token limit and was cut. Retries, commits and
 shutdown are ``consumers/worker/delivery.py``'s, as for image tasks (bad queries get error
 results, not dead letters: the dead-letter topic replays into images.v1).
 
-Client: ``search_text`` publishes one ``TextQuery`` and waits for its result
-(``imagestream search "a hedgehog"``).
+The client side, ``search_text``, is ``consumers/client/search.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -41,7 +39,7 @@ from consumers.vectorstore.text_store import TextStore
 from consumers.worker.delivery import BatchHandler, Delivered
 from consumers.worker.fit import publish_result
 from consumers.worker.subscribe import batch_subscriber
-from schemas.events import Neighbor, SearchMode, TaskResult, TextQuery
+from schemas.events import Neighbor, TaskResult, TextQuery
 from schemas.topics import Topics
 
 TASK = "search"
@@ -234,33 +232,3 @@ def _ok(
         neighbors=neighbors,
         truncated=None if words_only else truncated,
     )
-
-
-async def search_text(
-    settings: Settings,
-    text: str,
-    *,
-    top_k: int = 5,
-    tenant: str | None = None,
-    image_ids: list[str] | None = None,
-    mode: SearchMode = "vector",
-    timeout_s: float = 60.0,
-) -> TaskResult | None:
-    """Publish one ``TextQuery`` and return its result (None when none came in time)."""
-    from consumers.client.ingest import publish, result_reader, wait_for_results
-
-    query = TextQuery(
-        event_id=uuid.uuid4().hex,
-        query_id=f"q-{uuid.uuid4().hex[:12]}",
-        text=text,
-        top_k=top_k,
-        collection=tenant,
-        image_ids=image_ids,
-        mode=mode,
-    )
-    topic = Topics(settings.kafka.topic_prefix).queries
-    async with result_reader(settings) as reader:
-        await publish(settings, topic, [(query.query_id, query)])
-        expected = {query.event_id: {TASK}}
-        found = await wait_for_results(reader, expected, timeout_s, lambda _: None)
-    return found[0] if found else None
