@@ -19,17 +19,18 @@ The client side, ``search_text``, is ``consumers/client/search.py``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import Any
 
 from faststream.kafka import KafkaBroker
 
 from consumers.config.settings import Settings
 from consumers.ops.metrics import observe_results
+from consumers.ops.threads import run_in
 from consumers.pipeline.records import BadEvent, Record, parse_event
 from consumers.pipeline.results import Stopwatch, error_result, ok_result, since
 from consumers.search.fusion import CLIP_LIST, Hit, Lists, fuse, group_queries, word_lists
@@ -44,7 +45,6 @@ from schemas.topics import Topics
 
 TASK = "search"
 BM25_MODEL = "bm25"
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ class TextSearch:
         encode_ms = since(start)
         start = perf_counter()
         depth = self.settings.fusion_depth
-        lists = await _run(bound.store_pool, partial(_lists, bound, queries, vectors, depth))
+        lists = await run_in(bound.store_pool, partial(_lists, bound, queries, vectors, depth))
         search_ms = since(start)
         results = {}
         for i, query in queries.items():
@@ -160,10 +160,6 @@ class TextSearch:
         return results
 
 
-async def _run(executor: Executor, fn: Callable[[], T]) -> T:
-    return await asyncio.get_running_loop().run_in_executor(executor, fn)
-
-
 async def _embed(
     bound: _Bound, queries: dict[int, TextQuery]
 ) -> tuple[dict[int, Any], dict[int, bool]]:
@@ -173,7 +169,7 @@ async def _embed(
     order = list(queries)
     texts = [queries[i].text for i in order]
     encode = bound.encoder.encode_texts_with_truncation
-    vectors, cut = await _run(bound.device, partial(encode, texts))
+    vectors, cut = await run_in(bound.device, partial(encode, texts))
     return dict(zip(order, vectors, strict=True)), dict(zip(order, cut, strict=True))
 
 
