@@ -26,7 +26,7 @@ from PIL import Image
 
 from consumers.config.settings import CaptionSettings, Settings, TaskSettings
 from consumers.models.chat_captioner import DEFAULT_PROMPT, ChatCaptioner, chat_processor
-from consumers.models.encoder import Encoder, Vectors, register
+from consumers.models.encoder import Encoder, Vectors
 from consumers.models.pixels import PixelSpec, preprocess_image
 from consumers.models.weights import (
     ModelKind,
@@ -75,7 +75,6 @@ class _Bundle:
     chat: ChatCaptioner | None = None
 
 
-@register
 class CaptionEncoder(Encoder):
     name = "caption"
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from consumers.config.settings import Settings, TaskSettings
-from consumers.models.encoder import Encoder, Vectors, register
+from consumers.models.encoder import Encoder, Vectors
 from consumers.models.engines import EngineTower, TowerSpec, encoder_tower, example_pixels
 from consumers.models.pixels import PixelSpec, preprocess_image
 from consumers.models.weights import (
@@ -73,7 +73,6 @@ _SHARED: dict[tuple[str, str, torch.dtype], _Bundle] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-@register
 class ClipEncoder(Encoder):
     name = "clip"
 

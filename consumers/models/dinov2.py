@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from consumers.models.encoder import Encoder, register
+from consumers.models.encoder import Encoder
 from consumers.models.engines import EngineTower, TowerSpec, encoder_tower, example_pixels
 from consumers.models.pixels import PixelSpec, preprocess_image
 from consumers.models.weights import ModelKind, load_with_fallback
@@ -40,7 +40,6 @@ class _Bundle:
     processor: Any
 
 
-@register
 class Dinov2Encoder(Encoder):
     name = "dinov2"
     _bundle: _Bundle | None = None

@@ -26,7 +26,7 @@ from consumers.models.encoder import Encoder, Vectors
 from consumers.models.face.recognition import FaceCrop, FaceEncoder
 from consumers.people.assign import Assigner, FaceIn
 from consumers.pipeline.results import since
-from consumers.tasks.base import ImageTask, Job, register_task, stamp, strip_tenant, vector_id
+from consumers.tasks.base import ImageTask, Job, stamp, strip_tenant, vector_id
 from consumers.vectorstore.keys import face_id, image_of
 from consumers.vectorstore.store import VectorRow, VectorStore
 from schemas.events import Face, Neighbor, TaskResult
@@ -36,7 +36,6 @@ FaceJob = Job[list[FaceCrop]]
 MODEL_KEY = "face_model"  # on each face row: the model that made the vector
 
 
-@register_task
 class FaceTask(ImageTask[list[FaceCrop], Vectors]):
     name = "face"
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from consumers.config.settings import FaceSettings, Settings, TaskSettings
-from consumers.models.encoder import Encoder, Vectors, register
+from consumers.models.encoder import Encoder, Vectors
 from consumers.models.face.deepface_env import (
     WEIGHTS_SUBDIR,
     recognition_class,
@@ -48,7 +48,6 @@ class FaceCrop:
     pixels: torch.Tensor  # (3, height, width) float32, BGR as DeepFace's models expect
 
 
-@register
 class FaceEncoder(Encoder):
     name = "face"
 
