@@ -8,17 +8,16 @@ preset is named here, per model family, in one table.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from consumers.models.face.deepface_env import TORCH_MODELS
+from consumers.models.model_cache import build_atomically
 from consumers.models.presets.chat import tiny_idefics3, tiny_llava_next
 from consumers.models.presets.deepface import random_home
 from consumers.models.presets.tokenizer import tower
@@ -101,24 +100,10 @@ def build_once(builder: PresetBuilder, final: Path) -> Path:
     """``final``, built by ``builder`` under the fixed seed unless it exists already."""
     with _BUILD_LOCK:
         if not final.is_dir():
-            _build_atomically(builder, final)
+            build_atomically(final, partial(_seeded_build, builder))
     return final
 
 
-def _build_atomically(builder: PresetBuilder, final: Path) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Built beside its final place so the rename is atomic: a racing process either
-    # sees nothing or a complete folder, never a half-written one.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        with seeded():
-            builder(tmp)
-        os.rename(tmp, final)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not final.is_dir():
-            raise
-        # Another process won the race; its folder holds the same seeded weights.
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _seeded_build(builder: PresetBuilder, folder: Path) -> None:
+    with seeded():
+        builder(folder)
