@@ -18,6 +18,8 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 SCHEMA_VERSION: Final = 1
+# The task name of a TextQuery's result (the ``search`` consumer group's).
+SEARCH_TASK: Final = "search"
 MAX_METADATA_ITEMS = 32
 MAX_METADATA_VALUE_CHARS = 1024
 MAX_ID_CHARS = 512
@@ -325,18 +327,6 @@ def result_id(source_event_id: str, task: str) -> str:
     text = f"{source_event_id}\x1f{task}"
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return digest[:32]
-
-
-def schema_models() -> dict[str, type[BaseModel]]:
-    from schemas.people import PersonChanged  # imports this module
-
-    return {
-        "ImageSubmitted": ImageSubmitted,
-        "TextQuery": TextQuery,
-        "TaskResult": TaskResult,
-        "CallbackFailed": CallbackFailed,
-        "PersonChanged": PersonChanged,
-    }
 
 
 def dump(model: BaseModel) -> bytes:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from consumers.models.face.deepface_env import WEIGHTS_SUBDIR
-from consumers.models.weights import random_model_dir
+from consumers.models.presets import random_model_dir
 from loadtest.face_bench import two_face_photo
 from loadtest.face_versions import photo_versions
 

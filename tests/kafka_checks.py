@@ -14,7 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumers.config.settings import Settings
-from consumers.worker.dlq import read_topic
+from consumers.ops.replay import read_topic
 from consumers.worker.kafka import client_kwargs, started
 
 

@@ -12,7 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from consumers.client.search import search_text
 from consumers.config.settings import Settings
+from consumers.models.classifier_heads import HeadError, list_heads, train
+from consumers.models.head_features import FeatureError, parse_features
+from consumers.vectorstore.store import StoreUnavailable
 
 
 def add_commands(sub: Any) -> None:
@@ -48,10 +52,6 @@ def add_commands(sub: Any) -> None:
 
 
 def classifier_train(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.models.classifier_heads import HeadError, train
-    from consumers.models.head_features import FeatureError, parse_features
-    from consumers.vectorstore.store import StoreUnavailable
-
     try:
         features = tuple(parse_features(args.features))
         info = train(
@@ -71,8 +71,6 @@ def classifier_train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def classifier_list(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.models.classifier_heads import list_heads
-
     for head in list_heads(settings.classify.heads_dir):
         accuracy = "n/a" if head.accuracy is None else f"{head.accuracy:.3f}"
         print(f"{head.name:<20} {head.method:<7} accuracy {accuracy:<6} {', '.join(head.classes)}")
@@ -80,8 +78,6 @@ def classifier_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def search_command(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.search.text import search_text
-
     result = asyncio.run(
         search_text(
             settings,

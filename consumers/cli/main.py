@@ -9,10 +9,27 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from consumers.cli.commands import add_commands as add_task_commands
+from consumers.cli.dlq import add_command as add_dlq_command
+from consumers.cli.keys import add_command as add_keys_command
+from consumers.cli.legacy import add_command as add_resend_command
+from consumers.cli.people import add_command as add_people_command
+from consumers.client.console import format_result
+from consumers.client.ingest import ingest, uploads_for
 from consumers.config.settings import RUNTIME_DIR, Settings
+from consumers.contracts import generate as contracts
+from consumers.devstack import demo, launcher
+from consumers.devstack.servers import StackError
+from consumers.devstack.stack import create_topics
+from consumers.gateway.server import run_gateway
+from consumers.legacy.adapter import HALVES, run_legacy
 from consumers.ops.allocator import retain_freed_memory
+from consumers.ops.metrics import metrics_server
 from consumers.ops.threads import limit_blas_threads
 from consumers.pipeline.item_errors import ConfigError, ModelLoadError
+from consumers.worker.kafka import client_kwargs
+from loadtest.cli import add_commands as add_loadtest_commands
+from schemas.topics import Topics
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,21 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--top-k", type=int, default=5)
     ingest.add_argument("--timeout", type=float, default=300.0, help="seconds to wait")
     ingest.add_argument("--id-prefix", default="", help="prepended to each file's stem")
-    from consumers.cli.commands import add_commands as add_task_commands
-
     add_task_commands(sub)  # classifier, search
-    from consumers.worker.dlq import add_command as add_dlq_command
-
     add_dlq_command(sub)  # dlq replay
-    from consumers.gateway.api_keys import add_command as add_keys_command
-
     add_keys_command(sub)  # keys create
-    from consumers.cli.people import add_command as add_people_command
-
     add_people_command(sub)  # people recluster
-    from loadtest.cli import add_commands
-
-    add_commands(sub)  # loadtest, bench
+    add_loadtest_commands(sub)  # loadtest, bench
     topics = sub.add_parser("topics", help="Kafka topics").add_subparsers(
         dest="action", required=True
     )
@@ -54,8 +61,6 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("gateway", help="serve the HTTP gateway (IMAGESTREAM_GATEWAY__*)")
     legacy = sub.add_parser("legacy", help="run the legacy polling adapter (POLLING_URL)")
     legacy.add_argument("--only", choices=["poller", "sender"], help="run one half only")
-    from consumers.legacy.resend import add_command as add_resend_command
-
     add_resend_command(legacy)  # legacy resend
     schemas = sub.add_parser(
         "schemas", help="write schemas/generated (JSON Schema, AsyncAPI) and docs/configuration.md"
@@ -66,9 +71,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from rich.progress import Progress
-
-    from consumers.client.console import format_result
-    from consumers.client.ingest import ingest, uploads_for
 
     uploads = uploads_for(args.paths, args.id_prefix)
     tasks = args.tasks or settings.enabled_tasks()
@@ -96,8 +98,6 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _schemas(check: bool) -> int:
-    from consumers.contracts import generate as contracts
-
     if check:
         stale = contracts.stale()
         if stale:
@@ -110,11 +110,6 @@ def _schemas(check: bool) -> int:
 
 def _create_topics(settings: Settings, partitions: int | None, replication: int) -> int:
     from aiokafka.errors import KafkaError
-
-    from consumers.devstack.servers import StackError
-    from consumers.devstack.stack import create_topics
-    from consumers.worker.kafka import client_kwargs
-    from schemas.topics import Topics
 
     admin = client_kwargs(settings.kafka)
     servers = admin.pop("bootstrap_servers")
@@ -130,27 +125,19 @@ def _create_topics(settings: Settings, partitions: int | None, replication: int)
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    """The gateway and the legacy adapter hold no model: they never import torch."""
-    from consumers.ops.metrics import metrics_server
-
+    """The gateway and the legacy adapter, each beside its own metrics endpoint."""
     metrics = settings.metrics
     # /metrics for Prometheus; /readyz here only says the process serves (the gateway's
     # own /readyz, on its port, also checks Kafka and S3).
     with metrics_server(metrics.host, metrics.port, lambda: True):
         if args.command == "gateway":
-            from consumers.gateway.server import run_gateway
-
             asyncio.run(run_gateway(settings))
         else:
-            from consumers.legacy.adapter import HALVES, run_legacy
-
             asyncio.run(run_legacy(settings, (args.only,) if args.only else HALVES))
     return 0
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from consumers.devstack import demo, launcher
-
     if args.command == "up":
         asyncio.run(launcher.up(settings, args.tasks, args.runtime_dir))
     elif args.command == "consume":

@@ -16,7 +16,7 @@ from pydantic.fields import FieldInfo
 import consumers.models  # noqa: F401 (importing the package registers every preset)
 from consumers.config.settings import Settings
 from consumers.devstack.launcher import DEV_FALLBACKS
-from consumers.models.weights import presets
+from consumers.models.presets import presets
 
 PREFIX = "IMAGESTREAM_"
 Row = tuple[str, str, str]  # variable, default, meaning
@@ -47,7 +47,7 @@ of 300; [delivery.md](delivery.md#timeouts-and-the-max_poll_interval-budget)).
 """
 
 
-# The encoder families' names for random:<preset> (consumers/models/weights.py).
+# The encoder families' names for random:<preset> (consumers/models/presets/).
 FAMILIES = {"clip": "CLIP", "dinov2": "DINOv2", "caption": "captions", "deepface": "faces"}
 
 

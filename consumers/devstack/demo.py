@@ -11,9 +11,10 @@ from PIL import Image
 
 from consumers.client.console import print_result
 from consumers.client.ingest import ingest, uploads_for
+from consumers.client.search import search_text
 from consumers.config.settings import Settings
 from consumers.devstack.launcher import embedded_stack, running_consumers
-from consumers.search.text import search_text
+from consumers.devstack.text_images import samples
 from schemas.events import TaskResult
 
 # Beyond the embedded stack's tasks (launcher.DEV_TASKS): DINOv2 costs about what CLIP
@@ -43,8 +44,6 @@ def write_samples(folder: Path) -> list[Path]:
 def write_text_samples(folder: Path) -> list[Path]:
     """Rendered signs, receipts and labels as PNGs, and skimage's scanned page."""
     import skimage.data
-
-    from consumers.devstack.text_images import samples
 
     paths = []
     for sample in samples():

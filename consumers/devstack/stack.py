@@ -9,15 +9,13 @@ from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-import aioboto3
-from aiobotocore.config import AioConfig
-
 # aiokafka ships no type information ("unused-ignore": once mypy's overrides list it).
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped,unused-ignore]
-from botocore.exceptions import ClientError
+from pydantic import SecretStr
 
-from consumers.config.settings import RUNTIME_DIR
+from consumers.config.settings import RUNTIME_DIR, S3Settings
 from consumers.devstack.servers import Broker, S3Server, Service, StackError
+from consumers.pipeline.s3 import S3Store
 from consumers.worker.kafka import started
 
 ACCESS_KEY_ID = "imagestream"
@@ -85,23 +83,14 @@ async def create_bucket(
     secret_access_key: str = SECRET_ACCESS_KEY,
 ) -> None:
     """Create a bucket; one we already own is fine."""
-    location: dict[str, Any] = {}
-    if region != "us-east-1":  # the one region S3 refuses an explicit constraint for
-        location["CreateBucketConfiguration"] = {"LocationConstraint": region}
-    config = AioConfig(
-        request_checksum_calculation="when_required", response_checksum_validation="when_required"
+    settings = S3Settings(
+        endpoint_url=endpoint_url,
+        region=region,
+        access_key_id=SecretStr(access_key_id),
+        secret_access_key=SecretStr(secret_access_key),
     )
-    session = aioboto3.Session(
-        aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key
-    )
-    async with session.client(
-        "s3", endpoint_url=endpoint_url, region_name=region, config=config
-    ) as s3:
-        try:
-            await s3.create_bucket(Bucket=bucket, **location)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
-                raise
+    async with S3Store(settings) as s3:
+        await s3.ensure_bucket(bucket)
 
 
 class EmbeddedStack(Service):

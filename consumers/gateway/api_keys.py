@@ -1,5 +1,5 @@
 """Gateway API keys: what a key may do, how it is stored (a hash, never the key), and the
-keys file ``imagestream keys create`` appends to.
+keys file ``imagestream keys create`` (``consumers/cli/keys.py``) appends to.
 
 A key is ``isk_<id>_<secret>``: the id names it in logs and metrics, the secret is 32
 random bytes. Only the SHA-256 of the whole key is stored (in ``gateway.auth.keys`` or
@@ -13,12 +13,10 @@ import hashlib
 import json
 import os
 import secrets
-import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from consumers.config.task_settings import RUNTIME_DIR
 
@@ -133,36 +131,3 @@ def dev_key(auth: AuthSettings, tenant: str = "dev") -> tuple[str, AuthSettings]
     only: ``imagestream up`` prints it, and it is gone when the stack stops."""
     key, record = new_key([tenant], [Scope.INGEST, Scope.SEARCH, Scope.FACES], name="dev")
     return key, auth.model_copy(update={"keys": [*auth.keys, record]})
-
-
-def add_command(sub: Any) -> None:
-    """``imagestream keys create``, registered on the main CLI."""
-    keys = sub.add_parser("keys", help="gateway API keys").add_subparsers(
-        dest="action", required=True
-    )
-    create = keys.add_parser("create", help="make a key; prints it once, stores its hash")
-    create.add_argument("--tenant", action="append", default=[], help="repeat for several")
-    create.add_argument("--scope", action="append", required=True, choices=[s.value for s in Scope])
-    create.add_argument("--rate", type=float, help="requests per second (default: settings)")
-    create.add_argument("--burst", type=int, help="requests at once (default: settings)")
-    create.add_argument("--name", default="", help="who or what holds it")
-    create.add_argument("--file", type=Path, help="keys file (default: gateway.auth.keys_file)")
-    create.set_defaults(handler=_create_command)
-
-
-def _create_command(args: Any) -> int:
-    from consumers.config.settings import Settings
-
-    path = args.file or Settings().gateway.auth.keys_file or KEYS_FILE
-    try:
-        scopes = [Scope(s) for s in args.scope]
-        key, record = new_key(args.tenant, scopes, args.rate, args.name, args.burst)
-    except ValidationError as exc:
-        print(f"imagestream keys create: {exc.errors()[0]['msg']}", file=sys.stderr)
-        return 2
-    append_key(path, record)
-    print(key)
-    print(f"stored key {record.id} ({', '.join(record.scopes)}; tenants: "
-          f"{', '.join(record.tenants) or 'any'}) in {path}; the key is not shown again",
-          file=sys.stderr)  # fmt: skip
-    return 0

@@ -42,6 +42,7 @@ from consumers.gateway.responses import (
     ResultsResponse,
 )
 from consumers.gateway.runtime import GatewayRuntime
+from consumers.gateway.search import router as search
 
 router = APIRouter()
 
@@ -199,6 +200,7 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every answer has an id
     install_error_handlers(app)
     app.include_router(router)
-    app.include_router(demo)  # GET /demo (the demo page), POST /v1/search
+    app.include_router(search)  # POST /v1/search
+    app.include_router(demo)  # GET /demo (the demo page)
     app.include_router(people)  # /v1/people...
     return app

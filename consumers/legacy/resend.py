@@ -31,7 +31,7 @@ from consumers.legacy.backoff import backoff_s
 from consumers.legacy.callbacks import CALLBACKS, CallbackClient, Outcome
 from consumers.legacy.publish import publish_until_acked
 from consumers.legacy.ssrf import guarded_session, guards
-from consumers.worker.dlq import read_topic
+from consumers.ops.replay import read_topic
 from consumers.worker.kafka import CLI_CLIENT_ID, client_kwargs, make_producer, started
 from schemas.events import CallbackFailed, dump, utcnow
 from schemas.topics import Topics
@@ -271,19 +271,3 @@ async def resend_command(
     again = len(chosen) - delivered
     print(f"re-sent {len(chosen)} callback(s): {delivered} delivered, {again} back on the topic")
     return 0 if delivered == len(chosen) else 1
-
-
-def add_command(legacy: Any) -> None:
-    """``imagestream legacy resend``, under the ``legacy`` command's parser."""
-    actions = legacy.add_subparsers(dest="action")
-    resend = actions.add_parser("resend", help="send failed callbacks again, now")
-    resend.add_argument("--hours", type=float, help="only those that last failed this recently")
-    resend.add_argument(
-        "--include-refused", action="store_true", help="also those refused for good (4xx, URL)"
-    )
-    resend.add_argument("--dry-run", action="store_true", help="list, do not send")
-    resend.set_defaults(
-        handler=lambda args: asyncio.run(
-            resend_command(Settings(), args.hours, args.include_refused, args.dry_run)
-        )
-    )

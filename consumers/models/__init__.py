@@ -1,18 +1,6 @@
-"""Encoders, one module each; importing this package registers them all explicitly."""
+"""Encoders, one module each; ``registry.py`` names which serves each task."""
 
-from consumers.models import captioner, clip, dinov2, sim, tesseract
-from consumers.models.encoder import Encoder, encoder_class, make_encoder, registered
-from consumers.models.face import recognition
+from consumers.models.encoder import Encoder
+from consumers.models.registry import encoder_class, make_encoder, registered
 
-__all__ = [
-    "Encoder",
-    "captioner",
-    "clip",
-    "dinov2",
-    "encoder_class",
-    "make_encoder",
-    "recognition",
-    "registered",
-    "sim",
-    "tesseract",
-]
+__all__ = ["Encoder", "encoder_class", "make_encoder", "registered"]

@@ -26,15 +26,11 @@ from PIL import Image
 
 from consumers.config.settings import CaptionSettings, Settings, TaskSettings
 from consumers.models.chat_captioner import DEFAULT_PROMPT, ChatCaptioner, chat_processor
-from consumers.models.encoder import Encoder, Vectors, register
+from consumers.models.encoder import Encoder, Vectors
 from consumers.models.pixels import PixelSpec, preprocess_image
 from consumers.models.weights import (
     ModelKind,
-    PresetBuilder,
-    build_tokenizer,
     load_with_fallback,
-    register_preset,
-    tower,
 )
 
 KIND = ModelKind(family="caption", task="caption", label="captioning")
@@ -79,7 +75,6 @@ class _Bundle:
     chat: ChatCaptioner | None = None
 
 
-@register
 class CaptionEncoder(Encoder):
     name = "caption"
 
@@ -181,46 +176,3 @@ class CaptionEncoder(Encoder):
         texts = bundle.tokenizer.batch_decode(ids, skip_special_tokens=True)
         vectors = self.postprocess(self._captured[0][:n])
         return [" ".join(t.split()) for t in texts], vectors
-
-
-def _blip_preset(
-    text: dict[str, int], vision: dict[str, int], side: int, tokenizer_vocab: int
-) -> PresetBuilder:
-    """A builder for a random-weight BLIP captioner (called under a fixed seed)."""
-
-    def build(folder: Path) -> None:
-        from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil
-
-        tokenizer = build_tokenizer(
-            vocab_size=min(tokenizer_vocab, text["vocab_size"]),
-            max_length=text["max_position_embeddings"],
-        )
-        # BLIP starts decoding at bos and stops at sep; the byte-level tokenizer's ids.
-        ids = {"bos_token_id": 0, "sep_token_id": 1, "eos_token_id": 1, "pad_token_id": 2}
-        config = BlipConfig(
-            text_config={**text, **ids}, vision_config={**vision, "image_size": side}
-        )
-        BlipForConditionalGeneration(config).save_pretrained(folder)
-        BlipImageProcessorPil(size={"height": side, "width": side}).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    return build
-
-
-register_preset("caption", "tiny")(
-    _blip_preset(
-        text=tower(32, 2, 2, vocab_size=512, max_position_embeddings=64),
-        vision=tower(32, 2, 2, patch_size=8),
-        side=32,
-        tokenizer_vocab=512,
-    )
-)
-# The architecture of Salesforce/blip-image-captioning-base (its vocabulary size aside).
-register_preset("caption", "blip-base")(
-    _blip_preset(
-        text=tower(768, 12, 12, vocab_size=30524, max_position_embeddings=512),
-        vision=tower(768, 12, 12, patch_size=16),
-        side=384,
-        tokenizer_vocab=8192,
-    )
-)

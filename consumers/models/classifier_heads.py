@@ -30,6 +30,7 @@ from consumers.models.encoder import Vectors
 from consumers.models.head_features import rows, uses_ocr, with_ocr
 from consumers.vectorstore.keys import vector_id
 from consumers.vectorstore.store import VectorStore, stored_dim
+from consumers.vectorstore.text_store import TextStore
 from schemas.events import ClassPrediction, utcnow
 
 log = logging.getLogger("imagestream.heads")
@@ -143,8 +144,6 @@ def fetch_vectors(
 
 def fetch_texts(settings: Settings, image_ids: list[str], tenant: str = "") -> list[str]:
     """Stored OCR text of ``image_ids`` in their order ("" where the ocr task found none)."""
-    from consumers.vectorstore.text_store import TextStore
-
     keys = [vector_id(i, tenant) for i in image_ids]
     with TextStore(settings.milvus, settings.ocr.collection) as store:
         stored = {str(row["id"]): str(row["text"]) for row in store.get(keys)}

@@ -18,16 +18,12 @@ import torch
 from PIL import Image
 
 from consumers.config.settings import Settings, TaskSettings
-from consumers.models.encoder import Encoder, Vectors, register
+from consumers.models.encoder import Encoder, Vectors
 from consumers.models.engines import EngineTower, TowerSpec, encoder_tower, example_pixels
 from consumers.models.pixels import PixelSpec, preprocess_image
 from consumers.models.weights import (
     ModelKind,
-    PresetBuilder,
-    build_tokenizer,
     load_with_fallback,
-    register_preset,
-    tower,
 )
 
 KIND = ModelKind(family="clip", task="clip", label="CLIP")
@@ -77,7 +73,6 @@ _SHARED: dict[tuple[str, str, torch.dtype], _Bundle] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-@register
 class ClipEncoder(Encoder):
     name = "clip"
 
@@ -199,57 +194,3 @@ class ClipEncoder(Encoder):
         if "attention_mask" in tokens and not siglip:
             kwargs["attention_mask"] = tokens["attention_mask"]
         return kwargs
-
-
-def _clip_preset(
-    text: dict[str, int], vision: dict[str, int], projection_dim: int, tokenizer_vocab: int
-) -> PresetBuilder:
-    """A builder for a random-weight CLIP with these sizes (called under a fixed seed)."""
-
-    def build(folder: Path) -> None:
-        from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
-
-        tokenizer = build_tokenizer(
-            vocab_size=min(tokenizer_vocab, text["vocab_size"]),
-            max_length=text["max_position_embeddings"],
-        )
-        ids = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2}
-        config = CLIPConfig(
-            text_config={**text, **ids}, vision_config=vision, projection_dim=projection_dim
-        )
-        CLIPModel(config).save_pretrained(folder)
-        side = vision["image_size"]
-        processor = CLIPImageProcessorPil(
-            size={"shortest_edge": side}, crop_size={"height": side, "width": side}
-        )
-        processor.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    return build
-
-
-register_preset("clip", "tiny")(
-    _clip_preset(
-        text=tower(32, 2, 2, vocab_size=1024, max_position_embeddings=32),
-        vision=tower(32, 2, 2, image_size=32, patch_size=8),
-        projection_dim=32,
-        tokenizer_vocab=1024,
-    )
-)
-# The architectures of openai/clip-vit-base-patch32 and openai/clip-vit-large-patch14.
-register_preset("clip", "vit-b-32")(
-    _clip_preset(
-        text=tower(512, 12, 8, vocab_size=49408, max_position_embeddings=77),
-        vision=tower(768, 12, 12, image_size=224, patch_size=32),
-        projection_dim=512,
-        tokenizer_vocab=8192,
-    )
-)
-register_preset("clip", "vit-l-14")(
-    _clip_preset(
-        text=tower(768, 12, 12, vocab_size=49408, max_position_embeddings=77),
-        vision=tower(1024, 24, 16, image_size=224, patch_size=14),
-        projection_dim=768,
-        tokenizer_vocab=8192,
-    )
-)

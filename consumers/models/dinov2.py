@@ -14,14 +14,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from consumers.models.encoder import Encoder, register
+from consumers.models.encoder import Encoder
 from consumers.models.engines import EngineTower, TowerSpec, encoder_tower, example_pixels
 from consumers.models.pixels import PixelSpec, preprocess_image
-from consumers.models.weights import ModelKind, PresetBuilder, load_with_fallback, register_preset
+from consumers.models.weights import ModelKind, load_with_fallback
 
 KIND = ModelKind(family="dinov2", task="dinov2", label="DINOv2")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class _Pooled(torch.nn.Module):
@@ -42,7 +40,6 @@ class _Bundle:
     processor: Any
 
 
-@register
 class Dinov2Encoder(Encoder):
     name = "dinov2"
     _bundle: _Bundle | None = None
@@ -95,34 +92,3 @@ class Dinov2Encoder(Encoder):
         with torch.inference_mode(), self.autocast():
             pooled: torch.Tensor = self.bundle.model(pixel_values=pixels).pooler_output
         return pooled
-
-
-def _dinov2_preset(
-    hidden: int, layers: int, heads: int, patch: int, image_size: int, side: int, crop: int
-) -> PresetBuilder:
-    """A builder for a random-weight DINOv2 of these sizes (called under a fixed seed)."""
-
-    def build(folder: Path) -> None:
-        from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
-
-        config = Dinov2Config(
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            patch_size=patch,
-            image_size=image_size,
-        )
-        Dinov2Model(config).save_pretrained(folder)
-        BitImageProcessorPil(
-            size={"shortest_edge": side},
-            crop_size={"height": crop, "width": crop},
-            image_mean=IMAGENET_MEAN,
-            image_std=IMAGENET_STD,
-        ).save_pretrained(folder)
-
-    return build
-
-
-register_preset("dinov2", "tiny")(_dinov2_preset(32, 2, 2, 8, 32, 32, 32))
-# The architecture and preprocessing of facebook/dinov2-small.
-register_preset("dinov2", "small")(_dinov2_preset(384, 12, 6, 14, 518, 256, 224))

@@ -1,4 +1,4 @@
-"""The encoder contract and the registry of encoders by task name.
+"""The encoder contract (which encoder serves a task: ``consumers/models/registry.py``).
 
 An encoder is loaded lazily (``load``), turns a decoded RGB image into a CPU tensor
 (``preprocess``, safe to call from many threads), runs one batched call on its device
@@ -11,7 +11,7 @@ in a thread pool while the device works on the previous batch.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import ClassVar
 
@@ -106,48 +106,3 @@ class Encoder(ABC):
     def _encode(self, tensors: Sequence[torch.Tensor]) -> Vectors:
         with torch.inference_mode():
             return self.postprocess(self.forward(torch.stack(list(tensors))))
-
-
-EncoderFactory = Callable[[TaskSettings, Settings], Encoder]
-_REGISTRY: dict[str, type[Encoder]] = {}
-
-
-def register(cls: type[Encoder]) -> type[Encoder]:
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def encoder_class(task: str) -> type[Encoder]:
-    try:
-        return _REGISTRY[task]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY)) or "none"
-        raise KeyError(f"no encoder registered for task {task!r} (known: {known})") from None
-
-
-def registered() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-# Model-spec prefixes whose encoder replaces the task's own (``sim:``), and for which tasks.
-_BY_PREFIX: dict[str, tuple[type[Encoder], tuple[str, ...]]] = {}
-
-
-def register_spec_prefix(
-    prefix: str, tasks: tuple[str, ...]
-) -> Callable[[type[Encoder]], type[Encoder]]:
-    def decorator(cls: type[Encoder]) -> type[Encoder]:
-        _BY_PREFIX[prefix] = (cls, tasks)
-        return cls
-
-    return decorator
-
-
-def make_encoder(task: str, settings: Settings) -> Encoder:
-    """The encoder for ``task``: its registered class, or the one its model spec's
-    prefix names (``sim:``, consumers/models/sim.py), unloaded."""
-    section = settings.task(task)
-    for prefix, (cls, tasks) in _BY_PREFIX.items():
-        if section.model.startswith(prefix) and task in tasks:
-            return cls(section, settings)
-    return encoder_class(task)(section, settings)

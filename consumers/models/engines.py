@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import shutil
-import tempfile
 import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +41,7 @@ from numpy.typing import NDArray
 
 from consumers.config.task_settings import check_supported
 from consumers.models.encoder import Encoder
+from consumers.models.model_cache import build_atomically
 from consumers.pipeline.item_errors import ModelLoadError
 
 Engine = Literal["torch", "onnx", "openvino"]
@@ -139,29 +138,13 @@ def engine_tower(spec: TowerSpec, engine: str, precision: str, cache_dir: Path) 
         key = (folder, precision)
         if key not in _LOADED:
             if not folder.is_dir():
-                _export_atomically(spec, engine, precision, folder)
+                build_atomically(folder, partial(_export, spec, engine, precision))
             _LOADED[key] = _compile(folder, engine, precision)
         return _LOADED[key]
 
 
 def _graph_file(engine: str) -> str:
     return "model.onnx" if engine == "onnx" else "model.xml"
-
-
-def _export_atomically(spec: TowerSpec, engine: str, precision: str, final: Path) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside its final place and renamed: a racing process sees all or nothing.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        _export(spec, engine, precision, tmp)
-        os.rename(tmp, final)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not final.is_dir():
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _export(spec: TowerSpec, engine: str, precision: str, folder: Path) -> None:

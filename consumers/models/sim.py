@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from consumers.models.encoder import Encoder, Vectors, register_spec_prefix
+from consumers.models.encoder import Encoder, Vectors
 from consumers.models.pixels import PixelSpec, levels_lut
 from consumers.pipeline.item_errors import ModelLoadError
 
@@ -32,7 +32,6 @@ _CLIP_MEAN = np.asarray([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 _CLIP_STD = np.asarray([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 
 
-@register_spec_prefix(PREFIX, tasks=("clip", "dinov2"))
 class SimEncoder(Encoder):
     name = "sim"
     seconds_per_image = 0.0

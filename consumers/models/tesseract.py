@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from consumers.config.settings import OcrSettings, Settings, TaskSettings
-from consumers.models.encoder import Encoder, register
+from consumers.models.encoder import Encoder
 from consumers.ops.threads import named_pool
 from consumers.pipeline.decode import SOURCE_SIZE
 from consumers.pipeline.item_errors import ModelLoadError
@@ -91,7 +91,6 @@ def _line(words: list[OcrWord]) -> OcrLine:
     )
 
 
-@register
 class OcrEncoder(Encoder):
     """Not a tensor encoder: ``read`` takes whole pages (of any size) and returns text."""
 

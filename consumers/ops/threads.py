@@ -1,4 +1,4 @@
-"""Threads: named pools, and a cap on numpy's BLAS threads.
+"""Threads: named pools, work awaited on them, and a cap on numpy's BLAS threads.
 
 Every pool thread carries its role as its OS thread name. Linux shows the name in
 ``top -H`` and ``/proc/<pid>/task/*/comm``, and threads a pool thread starts (the
@@ -14,13 +14,17 @@ from the model in the load test (docs/performance.md).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import importlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TypeVar
 
 from threadpoolctl import threadpool_limits
+
+T = TypeVar("T")
 
 
 def named_pool(
@@ -47,3 +51,8 @@ def _start_thread(name: str, setup: Callable[[], None] | None) -> None:
     name_native_thread(name)
     if setup is not None:
         setup()
+
+
+async def run_in(executor: Executor, fn: Callable[[], T]) -> T:
+    """``fn()`` on one of ``executor``'s threads, awaited: the event loop keeps running."""
+    return await asyncio.get_running_loop().run_in_executor(executor, fn)

@@ -21,10 +21,9 @@ Delivery and concurrency (docs/faces.md):
 from __future__ import annotations
 
 import threading
-from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -32,10 +31,8 @@ from consumers.config.settings import MilvusSettings, PeopleSettings
 from consumers.models.face.deepface_env import use_deepface
 from consumers.models.weights import RANDOM_PREFIX
 from consumers.people.registry import PERSON_KEY, Decisions, Registry, new_person_id, with_person
-from consumers.tasks.base import Job
-from consumers.vectorstore.keys import strip_tenant, vector_id
+from consumers.vectorstore.keys import strip_tenant
 from consumers.vectorstore.store import VectorRow, VectorStore
-from schemas.events import Neighbor
 from schemas.people import PersonChange, PersonChanged, change_id
 
 OUTBOX_EVENTS = 4096  # source events whose people events wait for their results' publish
@@ -95,19 +92,8 @@ class Assigner:
         kept = self.kept([row for of_job in rows for row in of_job])
         return [[with_person(row, kept.get(row.id)) for row in of_job] for of_job in rows]
 
-    def assign_jobs(
-        self,
-        jobs: Sequence[Job[Any]],
-        rows: list[list[VectorRow]],
-        found: dict[tuple[int, int], list[Neighbor]],
-    ) -> dict[str, str]:
-        """Row id -> person for the batch's faces (rows per job, neighbours per (job,
-        face) as the face search found them); one pass per tenant."""
-        by_tenant: dict[str, list[FaceIn]] = defaultdict(list)
-        for i, job in enumerate(jobs):
-            for n, row in enumerate(rows[i]):
-                near = [(vector_id(x.id, job.tenant), x.score) for x in found.get((i, n), [])]
-                by_tenant[job.tenant].append(FaceIn(row, job.event.event_id, near))
+    def assign_all(self, by_tenant: Mapping[str, Sequence[FaceIn]]) -> dict[str, str]:
+        """Row id -> person for a batch's faces, grouped by tenant; one pass per tenant."""
         persons: dict[str, str] = {}
         for tenant, faces in by_tenant.items():
             persons |= self.assign(tenant, faces)

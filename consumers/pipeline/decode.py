@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import math
 import struct
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -18,6 +20,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from consumers.config.settings import DecodeSettings
 from consumers.pipeline.item_errors import ItemError
 from schemas.events import ErrorCode
+
+T = TypeVar("T")
 
 # An allow-list, not everything Pillow can open: formats such as EPS hand the bytes to
 # Ghostscript, and rarely used decoders are where parser bugs live. ("JPEG" also admits
@@ -86,6 +90,16 @@ def decode_image(data: bytes, settings: DecodeSettings, min_side: int | None = N
     image.thumbnail((settings.max_side, settings.max_side), Image.Resampling.LANCZOS)
     image.info[SOURCE_SIZE] = source_size
     return image
+
+
+def decode_and_prepare(
+    data: bytes, settings: DecodeSettings, prepare: Callable[[Image.Image], T], min_side: int | None
+) -> T:
+    """What the model takes from ``data``: decoded (at the scale ``min_side`` allows) and
+    then ``prepare``d (a task's or an encoder's), in one call on the decode pool. The
+    pipeline's batches and the gateway's encoder requests (``consumers/search/rpc.py``)
+    both go this way."""
+    return prepare(decode_image(data, settings, min_side))
 
 
 def sniff_content_type(data: bytes) -> str | None:

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from faststream.kafka import KafkaRouter
 from faststream.middlewares import AckPolicy
@@ -31,7 +31,9 @@ from pydantic_core import CoreSchema, PydanticSerializationError
 from consumers.config.settings import Settings
 from consumers.models.encoder import Encoder, Vectors
 from consumers.models.zero_shot import LabelSets, UnknownLabelSet, shared_label_sets
-from consumers.pipeline.decode import decode_image
+from consumers.ops.threads import run_in
+from consumers.pipeline.decode import decode_and_prepare
+from consumers.pipeline.fetch import fetch_staged
 from consumers.pipeline.item_errors import ItemError
 from consumers.pipeline.records import describe
 from consumers.pipeline.s3 import S3Store, S3Unavailable
@@ -44,7 +46,6 @@ from schemas.topics import Topics
 
 log = logging.getLogger("imagestream.rpc")
 RPC_GROUP = "imagestream-rpc-clip"
-T = TypeVar("T")
 
 
 class _KeyedError(Exception):
@@ -75,20 +76,21 @@ class _Clip:
         self.decode = decode
         self.device = device
 
-    async def _run(self, executor: Executor, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(executor, fn)
-
     async def _pixels(self, key: str, uri: str) -> Any:
         match = S3_URI.match(uri)
         if match is None:
             raise _KeyedError(key, ItemError(ErrorCode.INVALID_EVENT, f"not an s3:// URI: {uri}"))
         try:
-            self.staging.check(match["bucket"], match["key"], None)  # RPC staging only
-            data = await self.s3.get(match["bucket"], match["key"])
-            hint = self.encoder.min_input_side  # JPEGs decode at the scale the model needs
-            decode = partial(decode_image, data, self.settings.decode, hint)
-            image = await self._run(self.decode, decode)
-            return await self._run(self.decode, partial(self.encoder.preprocess, image))
+            data = await fetch_staged(self.s3, self.staging, match["bucket"], match["key"], None)
+            encoder = self.encoder  # JPEGs decode at the scale the model needs
+            ready = partial(
+                decode_and_prepare,
+                data,
+                self.settings.decode,
+                encoder.preprocess,
+                encoder.min_input_side,
+            )
+            return await run_in(self.decode, ready)
         except ItemError as exc:
             raise _KeyedError(key, exc) from exc
 
@@ -97,9 +99,9 @@ class _Clip:
         keys = list(request.images)
         pixels = await asyncio.gather(*(self._pixels(k, request.images[k]) for k in keys))
         if pixels:
-            vectors = await self._run(self.device, partial(self.encoder.encode_images, pixels))
+            vectors = await run_in(self.device, partial(self.encoder.encode_images, pixels))
             if request.kind == "labels":
-                ranked = await self._run(
+                ranked = await run_in(
                     self.device,
                     partial(self.labels.top_k, vectors, request.label_set, request.top_k),
                 )
@@ -109,7 +111,7 @@ class _Clip:
         if request.texts:
             keys = list(request.texts)
             texts = [request.texts[k] for k in keys]
-            vectors, cut = await self._run(self.device, partial(self.encode_texts, texts))
+            vectors, cut = await run_in(self.device, partial(self.encode_texts, texts))
             reply.vectors.update({k: v.tolist() for k, v in zip(keys, vectors, strict=True)})
             reply.truncated = [k for k, was_cut in zip(keys, cut, strict=True) if was_cut]
         return reply

@@ -13,24 +13,23 @@ longer than the CLIP model's token limit and was cut. Retries, commits and
 shutdown are ``consumers/worker/delivery.py``'s, as for image tasks (bad queries get error
 results, not dead letters: the dead-letter topic replays into images.v1).
 
-Client: ``search_text`` publishes one ``TextQuery`` and waits for its result
-(``imagestream search "a hedgehog"``).
+The client side, ``search_text``, is ``consumers/client/search.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import Any
 
 from faststream.kafka import KafkaRouter
 
 from consumers.config.settings import Settings
+from consumers.ops.threads import run_in
 from consumers.pipeline.records import BadEvent, Record, parse_event
 from consumers.pipeline.results import Stopwatch, error_result, ok_result, since
 from consumers.search.fusion import CLIP_LIST, Hit, Lists, fuse, group_queries, word_lists
@@ -40,12 +39,11 @@ from consumers.vectorstore.text_store import TextStore
 from consumers.worker.delivery import BatchHandler, record_handled
 from consumers.worker.publisher import ResultPublisher
 from consumers.worker.subscribe import PolledBatch, batch_subscriber
-from schemas.events import Neighbor, SearchMode, TaskResult, TextQuery
+from schemas.events import Neighbor, TaskResult, TextQuery
 from schemas.topics import Topics
 
 TASK = "search"
 BM25_MODEL = "bm25"
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -142,7 +140,7 @@ class TextSearch:
         encode_ms = since(start)
         start = perf_counter()
         depth = self.settings.fusion_depth
-        lists = await _run(bound.store_pool, partial(_lists, bound, queries, vectors, depth))
+        lists = await run_in(bound.store_pool, partial(_lists, bound, queries, vectors, depth))
         search_ms = since(start)
         results = {}
         for i, query in queries.items():
@@ -157,10 +155,6 @@ class TextSearch:
         return results
 
 
-async def _run(executor: Executor, fn: Callable[[], T]) -> T:
-    return await asyncio.get_running_loop().run_in_executor(executor, fn)
-
-
 async def _embed(
     bound: _Bound, queries: dict[int, TextQuery]
 ) -> tuple[dict[int, Any], dict[int, bool]]:
@@ -170,7 +164,7 @@ async def _embed(
     order = list(queries)
     texts = [queries[i].text for i in order]
     encode = bound.encoder.encode_texts_with_truncation
-    vectors, cut = await _run(bound.device, partial(encode, texts))
+    vectors, cut = await run_in(bound.device, partial(encode, texts))
     return dict(zip(order, vectors, strict=True)), dict(zip(order, cut, strict=True))
 
 
@@ -229,33 +223,3 @@ def _ok(
         neighbors=neighbors,
         truncated=None if words_only else truncated,
     )
-
-
-async def search_text(
-    settings: Settings,
-    text: str,
-    *,
-    top_k: int = 5,
-    tenant: str | None = None,
-    image_ids: list[str] | None = None,
-    mode: SearchMode = "vector",
-    timeout_s: float = 60.0,
-) -> TaskResult | None:
-    """Publish one ``TextQuery`` and return its result (None when none came in time)."""
-    from consumers.client.ingest import publish, result_reader, wait_for_results
-
-    query = TextQuery(
-        event_id=uuid.uuid4().hex,
-        query_id=f"q-{uuid.uuid4().hex[:12]}",
-        text=text,
-        top_k=top_k,
-        collection=tenant,
-        image_ids=image_ids,
-        mode=mode,
-    )
-    topic = Topics(settings.kafka.topic_prefix).queries
-    async with result_reader(settings) as reader:
-        await publish(settings, topic, [(query.query_id, query)])
-        expected = {query.event_id: {TASK}}
-        found = await wait_for_results(reader, expected, timeout_s, lambda _: None)
-    return found[0] if found else None

@@ -1,16 +1,6 @@
-"""Image tasks, one module each; importing this package registers them explicitly."""
+"""Image tasks, one module each; ``registry.py`` names them."""
 
-from consumers.tasks import caption, clip_heads, embedding, face, labels, ocr
-from consumers.tasks.base import ImageTask, Job, task_class
+from consumers.tasks.base import ImageTask, Job
+from consumers.tasks.registry import task_class
 
-__all__ = [
-    "ImageTask",
-    "Job",
-    "caption",
-    "clip_heads",
-    "embedding",
-    "face",
-    "labels",
-    "ocr",
-    "task_class",
-]
+__all__ = ["ImageTask", "Job", "task_class"]

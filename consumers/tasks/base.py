@@ -25,7 +25,7 @@ from consumers.vectorstore.text_store import TextStore
 from schemas.events import ImageSubmitted, TaskResult
 from schemas.people import PersonChanged
 
-__all__ = ["ImageTask", "Job", "register_task", "stamp", "strip_tenant", "task_class", "vector_id"]
+__all__ = ["ImageTask", "Job", "stamp", "strip_tenant", "vector_id"]
 
 Prepared = TypeVar("Prepared")
 Output = TypeVar("Output")
@@ -119,19 +119,3 @@ def stamp(jobs: list[Job[Any]], stage: str, millis: float) -> None:
     """A batched stage's time counts for every job of the batch."""
     for job in jobs:
         job.watch.add(stage, millis)
-
-
-_TASKS: dict[str, type[ImageTask[Any, Any]]] = {}
-
-
-def register_task(cls: type[ImageTask[Any, Any]]) -> type[ImageTask[Any, Any]]:
-    _TASKS[cls.name] = cls
-    return cls
-
-
-def task_class(name: str) -> type[ImageTask[Any, Any]]:
-    try:
-        return _TASKS[name]
-    except KeyError:
-        known = ", ".join(sorted(_TASKS)) or "none"
-        raise KeyError(f"no task named {name!r} (known: {known})") from None

@@ -18,13 +18,12 @@ from PIL import Image
 from consumers.config.settings import Settings
 from consumers.models.captioner import CaptionEncoder
 from consumers.pipeline.results import since
-from consumers.tasks.base import ImageTask, Job, register_task, stamp
+from consumers.tasks.base import ImageTask, Job, stamp
 from consumers.tasks.embedding import image_row
 from consumers.vectorstore.store import VectorRow
 from consumers.vectorstore.text_store import TextRow
 
 
-@register_task
 class CaptionTask(ImageTask[Any, tuple[str, np.ndarray]]):
     name = "caption"
     infers_by_encode_images = False  # generate: many steps, on the device thread

@@ -27,16 +27,11 @@ from PIL import Image
 from consumers.config.settings import Settings
 from consumers.models.classifier_heads import HeadRegistry
 from consumers.models.clip import ClipEncoder
-from consumers.models.encoder import Vectors, register
+from consumers.models.encoder import Vectors
 from consumers.models.tesseract import OcrEncoder, Page, page_of
 from consumers.pipeline.results import since
-from consumers.tasks.base import ImageTask, Job, register_task, stamp, vector_id
+from consumers.tasks.base import ImageTask, Job, stamp, vector_id
 from schemas.events import ClassPrediction
-
-
-@register
-class ClassifyEncoder(ClipEncoder):
-    name = "classify"
 
 
 class ClipHeadTask(ImageTask[torch.Tensor, dict[str, Any]]):
@@ -67,7 +62,6 @@ class Pictured:
     page: Page
 
 
-@register_task
 class ClassifyTask(ImageTask[Pictured, np.ndarray]):
     name = "classify"
     needs_store = False

@@ -15,7 +15,6 @@ from consumers.pipeline.results import since
 from consumers.tasks.base import (
     ImageTask,
     Job,
-    register_task,
     stamp,
     strip_tenant,
     vector_id,
@@ -75,11 +74,9 @@ class EmbeddingTask(ImageTask[torch.Tensor, np.ndarray]):
                 ]
 
 
-@register_task
 class ClipTask(EmbeddingTask):
     name = "clip"
 
 
-@register_task
 class Dinov2Task(EmbeddingTask):
     name = "dinov2"

@@ -18,28 +18,24 @@ from collections import defaultdict
 from collections.abc import Sequence
 from itertools import pairwise
 from time import perf_counter
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from consumers.models.encoder import Encoder, Vectors
 from consumers.models.face.recognition import FaceCrop, FaceEncoder
+from consumers.people.assign import Assigner, FaceIn
 from consumers.pipeline.results import since
-from consumers.tasks.base import ImageTask, Job, register_task, stamp, strip_tenant, vector_id
+from consumers.tasks.base import ImageTask, Job, stamp, strip_tenant, vector_id
 from consumers.vectorstore.keys import face_id, image_of
 from consumers.vectorstore.store import VectorRow, VectorStore
 from schemas.events import Face, Neighbor, TaskResult
 from schemas.people import PersonChanged
 
-if TYPE_CHECKING:  # consumers.people imports this package
-    from consumers.people.assign import Assigner
-
 FaceJob = Job[list[FaceCrop]]
 MODEL_KEY = "face_model"  # on each face row: the model that made the vector
 
 
-@register_task
 class FaceTask(ImageTask[list[FaceCrop], Vectors]):
     name = "face"
 
@@ -52,8 +48,6 @@ class FaceTask(ImageTask[list[FaceCrop], Vectors]):
         self.people: Assigner | None = None
         self._neighbours = people.neighbours
         if store is not None and people.enabled:
-            from consumers.people.assign import Assigner  # imports this module
-
             self.people = Assigner.for_task(store, encoder.settings.milvus, people, self.model_name)
 
     def prepare(self, image: Image.Image) -> list[FaceCrop]:
@@ -76,7 +70,7 @@ class FaceTask(ImageTask[list[FaceCrop], Vectors]):
         stamp(jobs, "index", since(start))
         start = perf_counter()
         found = self._search(jobs, outputs)
-        persons = self.people.assign_jobs(jobs, rows, found) if self.people else {}
+        persons = self.people.assign_all(_faces_by_tenant(jobs, rows, found)) if self.people else {}
         stamp(jobs, "search", since(start))
         for i, job in enumerate(jobs):
             job.fields["faces"] = [
@@ -165,3 +159,16 @@ def _rows(job: FaceJob, vectors: Vectors, model: str) -> list[VectorRow]:
         )
         for n, (crop, vector) in enumerate(zip(job.prepared or [], vectors, strict=True))
     ]
+
+
+def _faces_by_tenant(
+    jobs: list[FaceJob], rows: list[list[VectorRow]], found: dict[tuple[int, int], list[Neighbor]]
+) -> dict[str, list[FaceIn]]:
+    """The batch's faces as assignment takes them (rows per job, neighbours per (job,
+    face) as the face search found them, as row ids), by tenant."""
+    by_tenant: dict[str, list[FaceIn]] = defaultdict(list)
+    for i, job in enumerate(jobs):
+        for n, row in enumerate(rows[i]):
+            near = [(vector_id(x.id, job.tenant), x.score) for x in found.get((i, n), [])]
+            by_tenant[job.tenant].append(FaceIn(row, job.event.event_id, near))
+    return by_tenant

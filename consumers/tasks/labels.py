@@ -13,21 +13,12 @@ from typing import Any
 
 import torch
 
-from consumers.models.clip import ClipEncoder
-from consumers.models.encoder import register
 from consumers.models.zero_shot import shared_label_sets
 from consumers.pipeline.results import since
-from consumers.tasks.base import register_task
 from consumers.tasks.clip_heads import ClipHeadTask
 from schemas.events import Label
 
 
-@register
-class LabelsEncoder(ClipEncoder):
-    name = "labels"
-
-
-@register_task
 class LabelsTask(ClipHeadTask):
     name = "labels"
 

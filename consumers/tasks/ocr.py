@@ -19,7 +19,7 @@ from PIL import Image
 from consumers.config.settings import Settings
 from consumers.models.tesseract import OcrEncoder, Page, page_of
 from consumers.pipeline.results import since
-from consumers.tasks.base import ImageTask, Job, register_task, stamp, vector_id
+from consumers.tasks.base import ImageTask, Job, stamp, vector_id
 from consumers.vectorstore.text_store import TextRow
 from schemas.events import OcrText
 
@@ -32,7 +32,6 @@ def stored_detail(ocr: OcrText) -> dict[str, Any]:
     return {"language": ocr.language, "lines": lines}
 
 
-@register_task
 class OcrTask(ImageTask[Page, OcrText]):
     name = "ocr"
     needs_store = False  # no vectors: its collection is a text store

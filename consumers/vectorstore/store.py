@@ -9,15 +9,14 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from pymilvus import DataType, MilvusClient, MilvusException
-from pymilvus.exceptions import ConnectionConfigException
 
 from consumers.config.settings import MilvusSettings
+from consumers.vectorstore.connection import OpenCollection, connect, is_lite
 from consumers.vectorstore.filters import filter_expr, others_expr
 from consumers.vectorstore.milvus_errors import (
     StoreRejected,
@@ -43,7 +42,6 @@ TENANT_MAX_BYTES = 256
 # Upsert 32 + search 32, 512-d, CPU per image to 9.6k rows: 5.5 ms flushing every 2048
 # rows, 4.4 every 1024, 3.9 every 512 or 256 (docs/performance.md).
 LITE_FLUSH_EVERY_ROWS = 512
-SERVER_PREFIXES = ("http://", "https://", "tcp://", "unix:")
 QUERY_WINDOW = 16_384  # Milvus's largest offset + limit for one query
 INDEX_BUILD_PARAMS = {"HNSW": {"M": 16, "efConstruction": 200}, "IVF_FLAT": {"nlist": 1024}}
 FIELDS = ["id", "image_id", "uri", "tenant", "metadata", "vector"]
@@ -72,7 +70,7 @@ class VectorRow:
         )  # fmt: skip
 
 
-class VectorStore:
+class VectorStore(OpenCollection):
     """One Milvus collection: COSINE vectors keyed by a VARCHAR id, tenant as partition key.
 
     Blocking: call it from a worker thread (``asyncio.to_thread``). Calls from several
@@ -98,46 +96,24 @@ class VectorStore:
     ) -> None:
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
-        self.settings = settings
-        self.collection = collection
-        self.dim = dim
         # Every call's deadline, so that a Milvus that accepts and never answers costs a
         # batch attempt this long (the settings check counts it against max_poll_interval).
-        self.timeout_s = settings.timeout_s if timeout_s is None else timeout_s
-        self.is_lite = not settings.uri.startswith(SERVER_PREFIXES)
+        super().__init__(
+            settings, collection, settings.timeout_s if timeout_s is None else timeout_s
+        )
+        self.dim = dim
+        self.is_lite = is_lite(settings)
         default_flush = LITE_FLUSH_EVERY_ROWS if self.is_lite else 0  # a server flushes itself
         self.flush_every_rows = default_flush if flush_every_rows is None else flush_every_rows
         self._unflushed = 0
-        self._client: MilvusClient | None = None
         self._index_type = "AUTOINDEX"
         self.upsert_misfiles_rows = False
 
-    def __enter__(self) -> Self:
-        self.open()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def open(self) -> None:
-        """Connect, create the collection if missing, check its dim and load it."""
-        if self._client is not None:
-            return
-        client = self._connect()
-        try:
-            with translate_errors():
-                self._index_type = self._ensure_collection(client)
-                client.load_collection(self.collection, timeout=self.timeout_s)
-                self.upsert_misfiles_rows = upsert_misfiles(client.get_server_version())
-        except BaseException:
-            client.close()
-            raise
-        self._client = client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def _prepare(self, client: MilvusClient) -> None:
+        """Create the collection if missing, check its dim and load it."""
+        self._index_type = self._ensure_collection(client)
+        client.load_collection(self.collection, timeout=self.timeout_s)
+        self.upsert_misfiles_rows = upsert_misfiles(client.get_server_version())
 
     def upsert(self, rows: Sequence[VectorRow]) -> None:
         """Insert or replace whole rows by id (the same id twice leaves one row)."""
@@ -243,25 +219,6 @@ class VectorStore:
                 found.close()
         return rows
 
-    def _connect(self) -> MilvusClient:
-        uri = self.settings.uri
-        if self.is_lite:
-            if not uri.endswith(".db"):
-                raise ValueError(f"a milvus-lite path must end in .db, got {uri!r}")
-            Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        token = self.settings.token.get_secret_value() if self.settings.token else ""
-        try:
-            with translate_errors():
-                return MilvusClient(uri=uri, token=token, timeout=self.timeout_s)
-        except ConnectionConfigException as exc:
-            if not self.is_lite:
-                raise
-            # pymilvus hides milvus-lite's reason; a lock held by another process is the usual one.
-            raise StoreUnavailable(
-                f"cannot open milvus-lite at {uri!r}: is another process using it? milvus-lite "
-                "is one process per folder; use a Milvus server for several processes"
-            ) from exc
-
     def _ensure_collection(self, client: MilvusClient) -> str:
         """Create the collection and its index where missing; return the index type."""
         name, timeout = self.collection, self.timeout_s
@@ -355,7 +312,7 @@ class VectorStore:
 def stored_dim(settings: MilvusSettings, collection: str) -> int | None:
     """The vector dim of an existing collection, or None when there is no such collection."""
     probe = VectorStore(settings, collection, dim=1)
-    client = probe._connect()
+    client = connect(settings, probe.timeout_s)
     try:
         with translate_errors():
             if not client.has_collection(collection, timeout=probe.timeout_s):

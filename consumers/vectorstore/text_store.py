@@ -18,18 +18,18 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 
 from pymilvus import DataType, Function, FunctionType, MilvusClient, MilvusException
 
 from consumers.config.settings import MilvusSettings
+from consumers.vectorstore.connection import OpenCollection
 from consumers.vectorstore.filters import filter_expr
 from consumers.vectorstore.milvus_errors import StoreSchemaError, translate_errors
 from consumers.vectorstore.store import (
     ID_MAX_BYTES,
     TENANT_MAX_BYTES,
     URI_MAX_BYTES,
-    VectorStore,
     upsert_misfiles,
     write_rows,
 )
@@ -66,7 +66,7 @@ def clip_text(text: str) -> str:
     return text if len(data) <= TEXT_MAX_BYTES else data[:TEXT_MAX_BYTES].decode(errors="ignore")
 
 
-class TextStore:
+class TextStore(OpenCollection):
     def __init__(
         self,
         settings: MilvusSettings,
@@ -75,43 +75,18 @@ class TextStore:
         timeout_s: float = 30.0,
         native_bm25: bool | None = None,
     ) -> None:
-        self.settings = settings
-        self.collection = collection
-        self.timeout_s = timeout_s
+        super().__init__(settings, collection, timeout_s)
         # None = decide from the server's version; False forces the bm25s path (tests).
         self.native_bm25 = native_bm25
-        self._client: MilvusClient | None = None
         self._misfiles = False  # servers before 2.4: see store.upsert_misfiles
 
-    def __enter__(self) -> Self:
-        self.open()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def open(self) -> None:
-        if self._client is not None:
-            return
-        # The vector store's connection rules: milvus-lite paths, its lock message.
-        client = VectorStore(self.settings, self.collection, 1)._connect()
-        try:
-            with translate_errors():
-                version = client.get_server_version()
-                if self.native_bm25 is None:
-                    self.native_bm25 = has_full_text_search(version)
-                self._misfiles = upsert_misfiles(version)
-                self._ensure_collection(client)
-                client.load_collection(self.collection, timeout=self.timeout_s)
-        except BaseException:
-            client.close()
-            raise
-        self._client = client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def _prepare(self, client: MilvusClient) -> None:
+        version = client.get_server_version()
+        if self.native_bm25 is None:
+            self.native_bm25 = has_full_text_search(version)
+        self._misfiles = upsert_misfiles(version)
+        self._ensure_collection(client)
+        client.load_collection(self.collection, timeout=self.timeout_s)
 
     def upsert(self, rows: Sequence[TextRow]) -> None:
         if not rows:

@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 
 from consumers.devstack.servers import free_port
-from consumers.models.weights import random_model_dir
+from consumers.models.presets import random_model_dir
 from loadtest.synth import photo_jpeg
 
 MODEL_NAME = "clip"

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from consumers.config.settings import ClipSettings, Settings
-from consumers.models import encoder_class, weights
+from consumers.models import encoder_class, presets
 from consumers.models.clip import ClipEncoder, PixelSpec
 from consumers.pipeline.item_errors import ModelLoadError
 
@@ -126,7 +126,7 @@ def test_building_twice_gives_identical_weights(encoder: ClipEncoder, tmp_path: 
 
     torch.manual_seed(12345)  # whatever the caller's RNG holds must not matter
     state = torch.random.get_rng_state()
-    other = weights.random_model_dir("clip", "tiny", tmp_path)
+    other = presets.random_model_dir("clip", "tiny", tmp_path)
     assert torch.equal(torch.random.get_rng_state(), state), "the build moved the global RNG"
     original = Path(encoder.settings.model_cache_dir) / "random-clip-tiny"
     first = load_file(str(original / "model.safetensors"))
@@ -139,13 +139,12 @@ def test_building_twice_gives_identical_weights(encoder: ClipEncoder, tmp_path: 
 def test_a_lost_build_race_keeps_the_winner(tmp_path: Path) -> None:
     final = tmp_path / "random-test-race-p"
 
-    @weights.register_preset("test-race", "p")
     def build(folder: Path) -> None:
         (folder / "mine").write_text("loser")
         final.mkdir()  # another process finishes first, while this build runs
         (final / "mine").write_text("winner")
 
-    assert weights.random_model_dir("test-race", "p", tmp_path) == final
+    assert presets.build_once(build, final) == final
     assert (final / "mine").read_text() == "winner"
     assert [p.name for p in tmp_path.iterdir()] == [final.name]
 

@@ -1,8 +1,10 @@
-"""consumers/ops/threads.py: pool threads carry their role as OS thread name, and the BLAS
-cap reaches numpy's OpenBLAS (each in a fresh interpreter: both are process-wide)."""
+"""consumers/ops/threads.py: pool threads carry their role as OS thread name, work awaited on
+a pool leaves the event loop running, and the BLAS cap reaches numpy's OpenBLAS (in a fresh
+interpreter: it is process-wide)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from consumers.ops.threads import named_pool
+from consumers.ops.threads import named_pool, run_in
 
 PROBE = """
 import json, sys
@@ -49,3 +51,21 @@ def test_pool_threads_carry_their_role_as_os_thread_name() -> None:
 
     with named_pool("decode", 1) as pool:
         assert pool.submit(comm).result() == "decode"
+
+
+async def test_run_in_runs_on_the_pool_while_the_loop_keeps_running() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def blocking() -> str:
+        started.set()
+        release.wait(5)
+        return threading.current_thread().name
+
+    with named_pool("store", 1) as pool:
+        running = asyncio.ensure_future(run_in(pool, blocking))
+        # The loop still turns while the pool thread blocks.
+        assert await asyncio.wait_for(asyncio.sleep(0.05, "turned"), 1) == "turned"
+        assert started.is_set()
+        assert not running.done()
+        release.set()
+        assert (await running).startswith("store")

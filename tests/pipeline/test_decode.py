@@ -13,7 +13,7 @@ from PIL import Image
 from PIL.JpegImagePlugin import JpegImageFile
 
 from consumers.config.settings import DecodeSettings
-from consumers.pipeline.decode import decode_image, sniff_content_type
+from consumers.pipeline.decode import decode_and_prepare, decode_image, sniff_content_type
 from consumers.pipeline.item_errors import ItemError
 from schemas.events import ErrorCode
 
@@ -249,3 +249,19 @@ def test_sniff_content_type(fmt: str, mime: str) -> None:
 @pytest.mark.parametrize("data", [b"", b"<html>", b"RIFF\x00\x00\x00\x00WAVEfmt "])
 def test_sniff_content_type_of_non_images(data: bytes) -> None:
     assert sniff_content_type(data) is None
+
+
+def test_decode_and_prepare_hands_the_decoded_image_to_prepare() -> None:
+    seen: list[tuple[int, int]] = []
+
+    def prepare(image: Image.Image) -> str:
+        seen.append(image.size)
+        return image.mode
+
+    big = encode(Image.new("RGB", (2048, 1024), RED), "PNG")
+    assert decode_and_prepare(big, SETTINGS, prepare, None) == "RGB"
+    assert seen == [(512, 256)]  # downscaled to max_side before prepare sees it
+    with pytest.raises(ItemError) as refused:
+        decode_and_prepare(b"not an image", SETTINGS, prepare, None)
+    assert refused.value.code is ErrorCode.NOT_AN_IMAGE
+    assert len(seen) == 1

@@ -31,9 +31,10 @@ from consumers.config.settings import (
 )
 from consumers.devstack.launcher import running_consumers
 from consumers.devstack.servers import Broker
+from consumers.ops.replay import ReplayFilter, replay
 from consumers.search.rpc import RPC_GROUP
 from consumers.vectorstore.store import VectorStore
-from consumers.worker.dlq import ReplayFilter, dlq_headers, original_headers, replay
+from consumers.worker.dlq import dlq_headers, original_headers
 from consumers.worker.service import ConsumerService
 from schemas.events import Status, TaskResult
 from schemas.rpc import RpcReply

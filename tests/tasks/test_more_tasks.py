@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from consumers.cli import commands
 from consumers.cli.main import _parser
 from consumers.client.ingest import publish, result_reader, wait_for_results
+from consumers.client.search import search_text
 from consumers.config.settings import (
     CaptionSettings,
     ClassifySettings,
@@ -30,7 +31,6 @@ from consumers.devstack.launcher import running_consumers
 from consumers.devstack.servers import Broker
 from consumers.models import classifier_heads as heads
 from consumers.models.zero_shot import shared_label_sets
-from consumers.search.text import search_text
 from consumers.worker.service import ConsumerService
 from schemas.events import ErrorCode, ImageSubmitted, Status, TaskResult
 from schemas.topics import Topics

@@ -22,6 +22,7 @@ from PIL import Image
 
 from consumers.cli import commands
 from consumers.cli.main import _parser, main
+from consumers.client.search import search_text
 from consumers.config.settings import (
     CaptionSettings,
     ClassifySettings,
@@ -33,7 +34,6 @@ from consumers.config.settings import (
 from consumers.devstack.launcher import running_consumers
 from consumers.devstack.servers import Broker
 from consumers.devstack.text_images import char_accuracy, render, samples
-from consumers.search.text import search_text
 from consumers.worker.service import ConsumerService
 from schemas.events import SearchMode, Status, TaskResult
 from tests.helpers import event, sample_jpeg, upload

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from consumers.config.settings import FaceSettings, Settings, TaskSettings
-from consumers.models.encoder import Encoder, Vectors, register
+from consumers.models.encoder import Encoder, Vectors
 from consumers.models.face.deepface_env import (
     WEIGHTS_SUBDIR,
     recognition_class,
@@ -30,13 +30,8 @@ from consumers.models.face.deepface_env import (
 )
 from consumers.models.face.detect import Box, Detected, Detector, DetectorPool, detect_faces
 from consumers.models.face.dlib_weights import DLIB_MODEL, dlib_descriptors
-from consumers.models.weights import (
-    RANDOM_PREFIX,
-    _one_line,
-    presets,
-    random_model_dir,
-    with_fallback,
-)
+from consumers.models.presets import presets, random_model_dir
+from consumers.models.weights import RANDOM_PREFIX, _one_line, with_fallback
 from consumers.pipeline.decode import SOURCE_SIZE
 from consumers.pipeline.item_errors import ModelLoadError
 
@@ -53,7 +48,6 @@ class FaceCrop:
     pixels: torch.Tensor  # (3, height, width) float32, BGR as DeepFace's models expect
 
 
-@register
 class FaceEncoder(Encoder):
     name = "face"
 

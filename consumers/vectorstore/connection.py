@@ -1,0 +1,81 @@
+"""One Milvus collection held open: the connection rules (milvus-lite paths and its lock
+message) and the open/close lifecycle that the vector store and the text store share."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Self
+
+from pymilvus import MilvusClient
+from pymilvus.exceptions import ConnectionConfigException
+
+from consumers.config.settings import MilvusSettings
+from consumers.vectorstore.milvus_errors import StoreUnavailable, translate_errors
+
+SERVER_PREFIXES = ("http://", "https://", "tcp://", "unix:")
+
+
+def is_lite(settings: MilvusSettings) -> bool:
+    """Whether ``settings.uri`` names a milvus-lite file rather than a server."""
+    return not settings.uri.startswith(SERVER_PREFIXES)
+
+
+def connect(settings: MilvusSettings, timeout_s: float) -> MilvusClient:
+    uri = settings.uri
+    lite = is_lite(settings)
+    if lite:
+        if not uri.endswith(".db"):
+            raise ValueError(f"a milvus-lite path must end in .db, got {uri!r}")
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    token = settings.token.get_secret_value() if settings.token else ""
+    try:
+        with translate_errors():
+            return MilvusClient(uri=uri, token=token, timeout=timeout_s)
+    except ConnectionConfigException as exc:
+        if not lite:
+            raise
+        # pymilvus hides milvus-lite's reason; a lock held by another process is the usual one.
+        raise StoreUnavailable(
+            f"cannot open milvus-lite at {uri!r}: is another process using it? milvus-lite "
+            "is one process per folder; use a Milvus server for several processes"
+        ) from exc
+
+
+class OpenCollection(ABC):
+    """``with Store(...) as store:`` or ``open()``/``close()``: connect, then ``_prepare``
+    the collection (create, check, load); a failed prepare closes the client again."""
+
+    def __init__(self, settings: MilvusSettings, collection: str, timeout_s: float) -> None:
+        self.settings = settings
+        self.collection = collection
+        self.timeout_s = timeout_s
+        self._client: MilvusClient | None = None
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        if self._client is not None:
+            return
+        client = connect(self.settings, self.timeout_s)
+        try:
+            with translate_errors():
+                self._prepare(client)
+        except BaseException:
+            client.close()
+            raise
+        self._client = client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @abstractmethod
+    def _prepare(self, client: MilvusClient) -> None:
+        """Create the collection where missing, check it and load it."""
