@@ -33,7 +33,8 @@ def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def _client(settings: S3Settings, **config: Any) -> AsyncIterator[tuple[Any, Any]]:
     key_id, secret = settings.access_key_id, settings.secret_access_key
-    assert key_id is not None and secret is not None
+    assert key_id is not None
+    assert secret is not None
     session = aioboto3.Session(
         aws_access_key_id=key_id.get_secret_value(),
         aws_secret_access_key=secret.get_secret_value(),
