@@ -26,7 +26,7 @@ from PIL import Image
 
 from consumers.config.settings import CaptionSettings, Settings, TaskSettings
 from consumers.models.chat_captioner import DEFAULT_PROMPT, ChatCaptioner, chat_processor
-from consumers.models.encoder import Encoder, Vectors
+from consumers.models.encoder import Encoder, Vectors, collate
 from consumers.models.pixels import PixelSpec, preprocess_image
 from consumers.models.weights import (
     ModelKind,
@@ -162,7 +162,7 @@ class CaptionEncoder(Encoder):
 
     def _caption_pixels(self, tensors: list[torch.Tensor]) -> tuple[list[str], Vectors]:
         bundle, n = self.bundle, len(tensors)
-        pixels = torch.stack(tensors).to(self.device, self.dtype)
+        pixels = collate(tensors).to(self.device, self.dtype)
         kwargs: dict[str, Any] = {"max_new_tokens": self.options.max_new_tokens}
         if self.options.prompt:
             tokens = bundle.tokenizer([self.options.prompt] * n, return_tensors="pt")

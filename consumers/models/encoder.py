@@ -27,6 +27,42 @@ from consumers.models.cpu_workers import CpuWorkers, cpu_workers
 Vectors = NDArray[np.float32]
 
 
+def collate(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(tensors)``, copied by this thread alone (numpy's copy).
+
+    ``torch.stack`` spreads a batch-sized copy (19 MB for 32 CLIP inputs) over torch's
+    OpenMP threads, whose workers spin at the barrier afterwards: on the device thread of
+    an accelerator (or ``sim:``), where the copy is the only CPU work, that cost 27 ms of
+    CPU per batch of 32 on the 2-core box, against 2.3 ms for one thread's copy
+    (docs/performance.md, the scale-out section). Tensors numpy cannot hold as they are
+    (bf16, another device, unequal shapes) take ``torch.stack``'s path and its errors.
+    """
+    if not _numpy_stackable(tensors):
+        return torch.stack(list(tensors))
+    first = tensors[0]
+    out = np.empty((len(tensors), *first.shape), dtype=first.numpy().dtype)
+    for row, tensor in zip(out, tensors, strict=True):
+        row[...] = tensor.numpy()
+    return torch.from_numpy(out)
+
+
+def _numpy_stackable(tensors: Sequence[torch.Tensor]) -> bool:
+    if not tensors:
+        return False
+    first = tensors[0]
+    return all(
+        t.device.type == "cpu"
+        and t.dtype == first.dtype
+        and t.shape == first.shape
+        and not t.requires_grad
+        and t.dtype in _NUMPY_DTYPES
+        for t in tensors
+    )
+
+
+_NUMPY_DTYPES = (torch.float32, torch.float16, torch.float64, torch.uint8, torch.int64)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,4 +141,4 @@ class Encoder(ABC):
 
     def _encode(self, tensors: Sequence[torch.Tensor]) -> Vectors:
         with torch.inference_mode():
-            return self.postprocess(self.forward(torch.stack(list(tensors))))
+            return self.postprocess(self.forward(collate(tensors)))

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from consumers.models.encoder import Encoder, Vectors
-from consumers.models.pixels import PixelSpec, levels_lut
+from consumers.models.pixels import Levels, PixelSpec
 from consumers.pipeline.item_errors import ModelLoadError
 
 PREFIX = "sim:"
@@ -52,7 +52,7 @@ class SimEncoder(Encoder):
             resize_to=None,
             resample=Image.Resampling.BICUBIC,
             crop=(224, 224),
-            lut=levels_lut(1 / 255, _CLIP_MEAN, _CLIP_STD),
+            levels=Levels.of(1 / 255, _CLIP_MEAN, _CLIP_STD),
         )
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:

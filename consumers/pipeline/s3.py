@@ -4,12 +4,15 @@ One ``S3Store`` holds one aiobotocore client and one aiohttp session for the lif
 process (clients are slow to create) and a semaphore that bounds concurrent requests
 across every caller.
 
-Reads, the hot path, go around botocore's request machinery: the client presigns the
-GET (so credentials, their refresh, endpoint, region and addressing stay botocore's) and
-the plain aiohttp session fetches it. Measured against the local S3 server
-(``python -m loadtest.s3_bench``, docs/performance.md): about 1 ms of event-loop CPU
-per GET this way, 1.8-2.1 ms through ``get_object``, the largest cost on the consumer's
-event loop and what caps how many images/s one loop can feed a GPU.
+Reads, the hot path, go around botocore's request machinery: the GET is presigned
+(``consumers/pipeline/presign.py``: each bucket's URL learned from botocore once, so
+credentials, their refresh, endpoint, region and addressing stay botocore's, and each
+key signed with botocore's own signer) and the plain aiohttp session fetches it.
+Measured against the local S3 server (``python -m loadtest.s3_bench``,
+docs/performance.md): about 1 ms of event-loop CPU per GET with botocore presigning
+each one, 1.8-2.1 ms through ``get_object``, the largest cost on the consumer's event
+loop and what caps how many images/s one loop can feed a GPU; the presigner takes 0.5
+ms of that 1 ms down to 0.05.
 
 Failures come out in two kinds, because the pipeline treats them differently:
 
@@ -30,7 +33,7 @@ import asyncio
 from collections.abc import Awaitable, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 import aioboto3
 import aiohttp
@@ -39,6 +42,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from consumers.pipeline.item_errors import ItemError
+from consumers.pipeline.presign import Presigner
 from consumers.pipeline.s3_errors import (
     S3Unavailable,
     error_code,
@@ -67,6 +71,7 @@ _SPARE_CONNECTIONS = 4
 # Errors on the way to S3 or while the body streams; whatever aiobotocore did not wrap
 # in a botocore exception surfaces as aiohttp/OS/timeout errors.
 _TRANSPORT_ERRORS = (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
+_NOT_STARTED = "S3Store is not started: use `async with S3Store(...)` or start()"
 
 
 class S3Store:
@@ -91,6 +96,7 @@ class S3Store:
         self._stack: AsyncExitStack | None = None
         self._client: S3Client | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._presigner: Presigner | None = None
 
     def __repr__(self) -> str:
         # Deliberately without the settings object: credentials never reach a log line.
@@ -114,12 +120,17 @@ class S3Store:
                 session.client("s3", endpoint_url=settings.endpoint_url, config=self._config())
             )
             http = await stack.enter_async_context(self._http_session())
+            # The credentials the client resolved (cached by the session): None when
+            # there are none, and then botocore's presigner raises as it always did.
+            credentials = await cast(Awaitable[Any], session.get_credentials())  # stub: sync
+            self._presigner = Presigner(client, credentials, PRESIGN_EXPIRES_S)
             self._client, self._http, self._stack = client, http, stack.pop_all()
 
     async def close(self) -> None:
         """Close the client, the session and their connection pools; a second call is a
         no-op."""
         stack, self._stack, self._client, self._http = self._stack, None, None, None
+        self._presigner = None
         if stack is not None:
             await stack.aclose()
 
@@ -139,7 +150,7 @@ class S3Store:
     def client(self) -> S3Client:
         """The underlying aiobotocore client (not bounded by the semaphore)."""
         if self._client is None:
-            raise RuntimeError("S3Store is not started: use `async with S3Store(...)` or start()")
+            raise RuntimeError(_NOT_STARTED)
         return self._client
 
     async def get(self, bucket: str, key: str) -> bytes:
@@ -233,9 +244,9 @@ class S3Store:
         )
 
     async def _fetch(self, bucket: str, key: str, uri: str) -> bytes:
-        url = await self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=PRESIGN_EXPIRES_S
-        )
+        if self._presigner is None:
+            raise RuntimeError(_NOT_STARTED)
+        url = await self._presigner.url(bucket, key)
         if self._http is None:  # closed while presigning: shutting down
             raise S3Unavailable(f"S3 is unavailable reading {uri}: the store was closed")
         # encoded=True: re-quoting the query would break the signature.
