@@ -266,13 +266,18 @@ def _write(report: dict[str, Any], phases: list[Phase], out: Path) -> dict[str, 
     return report
 
 
-async def loadtest(config: LoadtestConfig, console: Console | None = None) -> dict[str, Any]:
-    console = console or Console()
+def fresh_run(config: LoadtestConfig) -> tuple[Path, dict[str, Any], EmbeddedStack]:
+    """A run's runtime folder, emptied; its report, begun; its embedded stack, not started."""
     runtime = config.out / "runtime"
     shutil.rmtree(runtime, ignore_errors=True)
     report: dict[str, Any] = {"config": asdict(config), "machine": machine()}
+    return runtime, report, EmbeddedStack(Topics().all(), [BUCKET], config.partitions, runtime)
+
+
+async def loadtest(config: LoadtestConfig, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console()
+    runtime, report, stack = fresh_run(config)
     report["loadavg_start"] = loadavg()
-    stack = EmbeddedStack(Topics().all(), [BUCKET], config.partitions, runtime)
     async with stack, _milvus(config, runtime) as milvus:
         env = consumer_env(stack.env(), config, milvus.uri)
         servers = {"broker": stack.broker.pid, "s3_server": stack.s3.pid}

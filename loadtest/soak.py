@@ -22,32 +22,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import shutil
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
 from rich.console import Console
 
-from consumers.devstack.stack import EmbeddedStack
 from loadtest.config import LoadtestConfig
 from loadtest.consumer import ConsumerProcess, descendants
 from loadtest.generator import Phase
-from loadtest.report import machine, write_json
+from loadtest.report import write_json
 from loadtest.run import (
-    BUCKET,
     _bars,
     _consumers,
     _milvus,
     _phase,
     _upload,
     consumer_env,
+    fresh_run,
     settings_from,
 )
-from schemas.topics import Topics
 
 SAMPLE_EVERY_S = 1.0
 WARMUP_SHARE = 0.1
@@ -158,10 +155,7 @@ def write_csv(samples: Sequence[RssSample], path: Path) -> Path:
 
 async def soak(config: LoadtestConfig, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
-    runtime = config.out / "runtime"
-    shutil.rmtree(runtime, ignore_errors=True)
-    report: dict[str, Any] = {"config": asdict(config), "machine": machine()}
-    stack = EmbeddedStack(Topics().all(), [BUCKET], config.partitions, runtime)
+    runtime, report, stack = fresh_run(config)
     async with stack, _milvus(config, runtime) as milvus:
         env = consumer_env(stack.env(), config, milvus.uri)
         settings = settings_from(env)

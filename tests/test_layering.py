@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import multiprocessing
+import os
+import subprocess
+import sys
 import traceback
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -149,9 +153,12 @@ def _import_alone(name: str, answer: Connection) -> None:
         answer.send(traceback.format_exc(limit=-6))
 
 
-def test_every_module_imports_first_in_a_fresh_process() -> None:
-    # Other packages load once here and each child is forked from this process, so a
-    # child loads only project modules: seconds for all of them, not minutes.
+def import_each_alone() -> dict[str, str]:
+    """Module -> traceback for each project module that fails to import first in its
+    process. Other packages load once here and each child is forked from this process,
+    so a child loads only project modules: seconds for all of them, not minutes. Run it
+    in an interpreter of its own (forking a process with other tests' threads is not
+    safe)."""
     for name in sorted(_third_party()):
         importlib.import_module(name)
     fork = multiprocessing.get_context("fork")
@@ -164,6 +171,23 @@ def test_every_module_imports_first_in_a_fresh_process() -> None:
         child.join(10)
         if error:
             failed[name] = error
+    return failed
+
+
+def test_every_module_imports_first_in_a_fresh_process() -> None:
+    code = "import json, tests.test_layering as t; print(json.dumps(t.import_each_alone()))"
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    failed: dict[str, str] = json.loads(done.stdout.splitlines()[-1])
     assert not failed, "\n".join(f"{name}:\n{error}" for name, error in failed.items())
 
 

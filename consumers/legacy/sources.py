@@ -33,13 +33,12 @@ from consumers.legacy.ssrf import (
 )
 from consumers.ops.redact import redact_text, redact_url
 from consumers.pipeline.item_errors import ItemError
-from consumers.pipeline.s3 import S3Store
+from consumers.pipeline.s3 import S3Store, read_capped
 from consumers.vectorstore.keys import staged_key
 from schemas.events import S3_URI, ErrorCode
 
 _AWS_PATH = re.compile(r"^s3([.-][a-z0-9-]+)?(\.dualstack)?(\.[a-z0-9-]+)?\.amazonaws\.com$")
 _AWS_VHOST = re.compile(r"^(?P<bucket>[a-z0-9.\-]+)\.s3([.-][a-z0-9-]+)?\.amazonaws\.com$")
-_CHUNK = 64 * 1024
 
 
 class SourceUnavailable(Exception):
@@ -122,7 +121,8 @@ class SourceResolver:
             response = await get_following_redirects(self.http, url, self.guard, hosts)
             async with response:
                 self._check_status(response, url)
-                return await self._read_capped(response, url), response.content_type
+                limit = self.s3_settings.max_object_bytes
+                return await read_capped(response, redact_url(url), limit), response.content_type
         except Refused as exc:
             raise ItemError(ErrorCode.SOURCE_NOT_ALLOWED, f"s3_path refused: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -139,20 +139,3 @@ class SourceResolver:
             raise ItemError(
                 ErrorCode.OBJECT_NOT_FOUND, f"downloading {redact_url(url)}: HTTP {response.status}"
             )
-
-    async def _read_capped(self, response: aiohttp.ClientResponse, url: str) -> bytes:
-        limit = self.s3_settings.max_object_bytes
-        if response.content_length is not None and response.content_length > limit:
-            raise ItemError(
-                ErrorCode.IMAGE_TOO_LARGE,
-                f"{redact_url(url)} is {response.content_length:,} bytes, over {limit:,}",
-            )
-        data = bytearray()
-        async for chunk in response.content.iter_chunked(_CHUNK):
-            data += chunk
-            if len(data) > limit:
-                raise ItemError(
-                    ErrorCode.IMAGE_TOO_LARGE,
-                    f"{redact_url(url)} is over {limit:,} bytes (stopped)",
-                )
-        return bytes(data)

@@ -49,19 +49,10 @@ def ok_result(
     **fields: Any,
 ) -> TaskResult:
     """``fields`` are the task's own: neighbors, faces, labels, caption, truncated."""
-    return TaskResult(
-        result_id=result_id(event_id, task),
-        source_event_id=event_id,
-        image_id=image_id,
-        task=task,
-        status=Status.OK,
-        model=model,
-        dim=dim,
-        timings=watch.timings(),
-        reply=reply,
-        submitted_at=submitted_at,
-        **fields,
-    )
+    return _result(
+        task, event_id, image_id, Status.OK, watch, reply, submitted_at,
+        model=model, dim=dim, **fields,
+    )  # fmt: skip
 
 
 def error_result(
@@ -76,16 +67,32 @@ def error_result(
     submitted_at: datetime | None = None,
     collection: str | None = None,
 ) -> TaskResult:
+    failed = TaskError(code=error.code, message=error.message)
+    return _result(
+        task, event_id, image_id, Status.ERROR, watch, reply, submitted_at,
+        collection=collection, error=failed, model=model,
+    )  # fmt: skip
+
+
+def _result(
+    task: str,
+    event_id: str,
+    image_id: str,
+    status: Status,
+    watch: Stopwatch,
+    reply: Reply | None,
+    submitted_at: datetime | None,
+    **fields: Any,
+) -> TaskResult:
+    """What every result carries: its deterministic id, where it came from, its timings."""
     return TaskResult(
         result_id=result_id(event_id, task),
         source_event_id=event_id,
         image_id=image_id,
         task=task,
-        status=Status.ERROR,
-        collection=collection,
-        error=TaskError(code=error.code, message=error.message),
-        model=model,
+        status=status,
         timings=watch.timings(),
         reply=reply,
         submitted_at=submitted_at,
+        **fields,
     )

@@ -255,7 +255,7 @@ class S3Store:
                 raise await error_response(response)
             # Leaving the context on an unfinished body drops the connection instead of
             # draining it, so refusing a huge object costs no download.
-            return await _read_capped(response, uri, self._settings.max_object_bytes)
+            return await read_capped(response, uri, self._settings.max_object_bytes)
 
     async def _call(self, what: str, request: Awaitable[T]) -> T:
         """Await one client request, translating its failures like ``get`` does."""
@@ -269,7 +269,9 @@ class S3Store:
             raise S3Unavailable(f"S3 is unavailable {what}: {exc}") from exc
 
 
-async def _read_capped(response: aiohttp.ClientResponse, uri: str, limit: int) -> bytes:
+async def read_capped(response: aiohttp.ClientResponse, uri: str, limit: int) -> bytes:
+    """The body, or ``IMAGE_TOO_LARGE`` once it is over ``limit`` bytes (S3 reads and the
+    legacy adapter's downloads)."""
     declared = response.content_length
     if declared is not None and declared > limit:
         raise ItemError(

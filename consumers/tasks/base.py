@@ -29,6 +29,7 @@ __all__ = ["ImageTask", "Job", "stamp", "strip_tenant", "vector_id"]
 
 Prepared = TypeVar("Prepared")
 Output = TypeVar("Output")
+E = TypeVar("E", bound=Encoder)
 
 
 @dataclass
@@ -78,6 +79,12 @@ class ImageTask(ABC, Generic[Prepared, Output]):
         if self._store is None:
             raise RuntimeError(f"the {self.name} task was built without a vector store")
         return self._store
+
+    def encoder_as(self, kind: type[E]) -> E:
+        """The encoder, as the ``kind`` this task needs (``TypeError`` when it is not)."""
+        if not isinstance(self.encoder, kind):
+            raise TypeError(f"the {self.name} task needs a {kind.__name__}, not {self.encoder!r}")
+        return self.encoder
 
     @property
     def model_name(self) -> str:

@@ -34,9 +34,7 @@ class CaptionTask(ImageTask[Any, tuple[str, np.ndarray]]):
 
     @property
     def captioner(self) -> CaptionEncoder:
-        if not isinstance(self.encoder, CaptionEncoder):
-            raise TypeError(f"the caption task needs a CaptionEncoder, not {self.encoder!r}")
-        return self.encoder
+        return self.encoder_as(CaptionEncoder)
 
     def prepare(self, image: Image.Image) -> Any:
         return self.captioner.prepare_input(image)  # a tensor, or an image for chat models

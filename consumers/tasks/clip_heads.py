@@ -39,9 +39,7 @@ class ClipHeadTask(ImageTask[torch.Tensor, dict[str, Any]]):
 
     @property
     def clip(self) -> ClipEncoder:
-        if not isinstance(self.encoder, ClipEncoder):
-            raise TypeError(f"the {self.name} task needs a CLIP encoder, not {self.encoder!r}")
-        return self.encoder
+        return self.encoder_as(ClipEncoder)
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         return self.encoder.preprocess(image)

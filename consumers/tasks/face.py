@@ -40,11 +40,9 @@ class FaceTask(ImageTask[list[FaceCrop], Vectors]):
     name = "face"
 
     def __init__(self, encoder: Encoder, store: VectorStore | None) -> None:
-        if not isinstance(encoder, FaceEncoder):
-            raise TypeError(f"the face task needs a FaceEncoder, not {type(encoder).__name__}")
         super().__init__(encoder, store)
-        self.faces = encoder
-        people = encoder.face.people
+        self.faces = self.encoder_as(FaceEncoder)
+        people = self.faces.face.people
         self.people: Assigner | None = None
         self._neighbours = people.neighbours
         if store is not None and people.enabled:

@@ -43,9 +43,7 @@ class OcrTask(ImageTask[Page, OcrText]):
 
     @property
     def reader(self) -> OcrEncoder:
-        if not isinstance(self.encoder, OcrEncoder):
-            raise TypeError(f"the ocr task needs an OcrEncoder, not {self.encoder!r}")
-        return self.encoder
+        return self.encoder_as(OcrEncoder)
 
     def prepare(self, image: Image.Image) -> Page:
         return page_of(image)
