@@ -10,6 +10,7 @@ Message-level metrics (received, processed, published, durations) come from Fast
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import threading
@@ -100,15 +101,24 @@ def observe_results(
 ) -> None:
     """One consumed batch: its size, and per result its status, stage times and e2e latency."""
     BATCH_SIZE.labels(task).observe(batch_size)
+    stages, publish, e2e = _result_series(task)
     for result in results:
         code = result.error.code.value if result.error else ""
         RESULTS.labels(task, result.status.value, code).inc()
-        for stage in STAGES:
-            STAGE_MS.labels(task, stage).observe(getattr(result.timings, stage))
-        STAGE_MS.labels(task, PUBLISH).observe(publish_ms)
+        for stage, series in stages:
+            series.observe(getattr(result.timings, stage))
+        publish.observe(publish_ms)
         if result.submitted_at is not None:
-            e2e = (result.completed_at - result.submitted_at).total_seconds()
-            E2E_MS.labels(task).observe(max(e2e, 0.0) * 1000)
+            latency = (result.completed_at - result.submitted_at).total_seconds()
+            e2e.observe(max(latency, 0.0) * 1000)
+
+
+@functools.cache
+def _result_series(task: str) -> tuple[tuple[tuple[str, Histogram], ...], Histogram, Histogram]:
+    """A task's per-result series, looked up once: ``labels()`` validates and locks on
+    every call, eight times per result (0.03 ms of the event loop's CPU per image)."""
+    stages = tuple((stage, STAGE_MS.labels(task, stage)) for stage in STAGES)
+    return stages, STAGE_MS.labels(task, PUBLISH), E2E_MS.labels(task)
 
 
 def record_dlq(task: str, code: ErrorCode | str) -> None:
