@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from consumers.config.settings import Settings
-from consumers.models import make_encoder
 from consumers.models.encoder import Encoder
+from consumers.models.registry import make_encoder
 from consumers.pipeline.decode import decode_image
 from loadtest.consumer import self_cpu_seconds
 from loadtest.stats import percentiles

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -23,7 +22,9 @@ from typing import Any, TypeVar
 
 from consumers.config.settings import DecodeSettings
 from consumers.models.cpu_workers import worker_starts
-from consumers.pipeline.decode import decode_image
+from consumers.ops.threads import run_in
+from consumers.pipeline.decode import decode_and_prepare
+from consumers.pipeline.fetch import fetch_staged
 from consumers.pipeline.item_errors import ItemError
 from consumers.pipeline.pools import Pools
 from consumers.pipeline.records import BadEvent, Record, parse_image_event
@@ -87,9 +88,6 @@ class ImagePipeline:
         """Release what the task opened itself (its stores are closed by their opener)."""
         if self._task is not None:
             self._task.close()
-
-    async def _run(self, executor: Executor, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(executor, fn)
 
     async def process_indexed(self, records: Sequence[Record]) -> list[tuple[int, TaskResult]]:
         """(index into ``records``, result) in input order; events for other tasks and
@@ -175,9 +173,7 @@ class ImagePipeline:
     async def _fetch(self, job: Job[Any]) -> None:
         start = perf_counter()
         bucket, key = job.event.bucket_key()
-        if self.staging is not None:
-            self.staging.check(bucket, key, job.tenant)
-        job.data = await self.s3.get(bucket, key)
+        job.data = await fetch_staged(self.s3, self.staging, bucket, key, job.tenant)
         job.watch.add("fetch", since(start))
 
     async def _decode(self, job: Job[Any]) -> None:
@@ -185,12 +181,12 @@ class ImagePipeline:
             return
         start = perf_counter()
         data, job.data = job.data, None
-        job.prepared = await self._run(self.pools.decode, partial(self._decode_bytes, data))
+        min_side = self.task.encoder.min_input_side
+        decode = partial(
+            decode_and_prepare, data, self.decode_settings, self.task.prepare, min_side
+        )
+        job.prepared = await run_in(self.pools.decode, decode)
         job.watch.add("decode", since(start))
-
-    def _decode_bytes(self, data: bytes) -> Any:
-        image = decode_image(data, self.decode_settings, self.task.encoder.min_input_side)
-        return self.task.prepare(image)
 
     async def _infer_and_store(
         self, jobs: list[Job[Any]], device_done: Callable[[], None]
@@ -198,7 +194,7 @@ class ImagePipeline:
         """One model call, then the store step; the errors of jobs whose rows Milvus refused."""
         prepared = [job.prepared for job in jobs]
         queued = perf_counter()
-        outputs, started = await self._run(
+        outputs, started = await run_in(
             self.pools.model(self.task), partial(_timed, self.task.infer, prepared)
         )
         # Behind the previous batch's model call (prefetch decode or fetch) is waiting.
@@ -226,7 +222,7 @@ class ImagePipeline:
         return refused
 
     async def _store(self, jobs: list[Job[Any]], outputs: list[Any]) -> None:
-        await self._run(self.pools.store, partial(self.task.store_and_search, jobs, outputs))
+        await run_in(self.pools.store, partial(self.task.store_and_search, jobs, outputs))
 
     def _ok(self, job: Job[Any], completed_at: datetime) -> TaskResult:
         event = job.event

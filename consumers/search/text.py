@@ -39,10 +39,9 @@ from consumers.vectorstore.text_store import TextStore
 from consumers.worker.delivery import BatchHandler, record_handled
 from consumers.worker.publisher import ResultPublisher
 from consumers.worker.subscribe import PolledBatch, batch_subscriber
-from schemas.events import Neighbor, TaskResult, TextQuery
+from schemas.events import SEARCH_TASK, Neighbor, TaskResult, TextQuery
 from schemas.topics import Topics
 
-TASK = "search"
 BM25_MODEL = "bm25"
 
 
@@ -72,12 +71,17 @@ class TextSearch:
         self.settings = settings.search
         self._bound: _Bound | None = None
         self.handler = BatchHandler(
-            TASK, self.process, publisher.results_only, settings.delivery, stopping, self._model
+            SEARCH_TASK,
+            self.process,
+            publisher.results_only,
+            settings.delivery,
+            stopping,
+            self._model,
         )
         subscriber = batch_subscriber(
             router,
             topics.queries,
-            TASK,
+            SEARCH_TASK,
             settings.search,
             settings.kafka,
             model=TextQuery,
@@ -91,7 +95,7 @@ class TextSearch:
         with self.handler.inflight.batch(batch.records) as flight:
             handled = await self.handler.handle(batch.consumer, flight)
         if handled is not None:
-            record_handled(TASK, handled, len(batch.records))
+            record_handled(SEARCH_TASK, handled, len(batch.records))
 
     def bind(
         self,
@@ -118,7 +122,7 @@ class TextSearch:
             if isinstance(query, BadEvent):
                 watch = Stopwatch(started)
                 results[index] = error_result(
-                    TASK,
+                    SEARCH_TASK,
                     query.event_id,
                     query.image_id,
                     query.error,
@@ -212,7 +216,7 @@ def _ok(
     # Text mode ranks by BM25 alone: no model, no vector.
     words_only = query.mode == "text"
     return ok_result(
-        TASK,
+        SEARCH_TASK,
         query.event_id,
         query.query_id,
         model=BM25_MODEL if words_only else encoder.model_name,

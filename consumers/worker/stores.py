@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import Executor
 
 from consumers.config.settings import MilvusSettings
+from consumers.ops.threads import run_in
 from consumers.vectorstore.store import VectorStore
 from consumers.vectorstore.text_store import TextStore
 
@@ -33,7 +33,7 @@ class Stores:
         return self._texts[collection]
 
     async def _open(self, store: VectorStore | TextStore) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.pool, store.open)
+        await run_in(self.pool, store.open)
         self._opened.append(store)
 
     def close(self) -> None:

@@ -18,13 +18,13 @@ from typing import Any
 from faststream.kafka import KafkaRouter
 
 from consumers.config.settings import Settings
-from consumers.models import make_encoder
+from consumers.models.registry import make_encoder
 from consumers.ops.metrics import MODEL_LOAD_S
 from consumers.pipeline.batch import ImagePipeline
 from consumers.pipeline.pools import Pools
 from consumers.pipeline.s3 import S3Store
-from consumers.tasks import task_class
 from consumers.tasks.base import ImageTask
+from consumers.tasks.registry import task_class
 from consumers.vectorstore.keys import StagingAreas
 from consumers.worker.delivery import BatchHandler, record_handled
 from consumers.worker.prefetch import HANDOFFS, PrefetchingHandler

@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from consumers.config.settings import ClipSettings, Settings
-from consumers.models import encoder_class, presets
+from consumers.models import presets
 from consumers.models.clip import ClipEncoder, PixelSpec
+from consumers.models.registry import encoder_class
 from consumers.pipeline.item_errors import ModelLoadError
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from consumers.config.settings import Settings
-from consumers.models import encoder_class, make_encoder, registered
 from consumers.models.captioner import CaptionEncoder
 from consumers.models.clip import ClipEncoder
 from consumers.models.face.recognition import FaceEncoder
+from consumers.models.registry import encoder_class, make_encoder, registered
 from consumers.models.tesseract import OcrEncoder
 from consumers.tasks.registry import TASKS
 

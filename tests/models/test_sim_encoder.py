@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from consumers.config.settings import ClipSettings, Dinov2Settings, Settings
-from consumers.models import make_encoder
 from consumers.models.clip import ClipEncoder
+from consumers.models.registry import make_encoder
 from consumers.models.sim import SimEncoder
 from consumers.pipeline.item_errors import ModelLoadError
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumers.tasks import task_class
-from consumers.tasks.registry import TASKS
+from consumers.tasks.registry import TASKS, task_class
 
 
 def test_each_task_is_listed_under_its_own_name() -> None:
