@@ -5,13 +5,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from pymilvus import MilvusClient
-from pymilvus.exceptions import ConnectionConfigException
+from pymilvus.exceptions import ConnectionConfigException, MilvusException
 
 from consumers.config.settings import MilvusSettings
-from consumers.vectorstore.milvus_errors import StoreUnavailable, translate_errors
+from consumers.vectorstore.milvus_errors import (
+    StoreRejected,
+    StoreUnavailable,
+    is_transient,
+    translate_errors,
+)
 
 SERVER_PREFIXES = ("http://", "https://", "tcp://", "unix:")
 
@@ -79,3 +84,19 @@ class OpenCollection(ABC):
     @abstractmethod
     def _prepare(self, client: MilvusClient) -> None:
         """Create the collection where missing, check it and load it."""
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        """``client.<method>(collection, ...)`` within the deadline. Unreachable or
+        overloaded: ``StoreUnavailable`` (retried); refused: ``StoreRejected`` (an
+        item's error, not a retry)."""
+        if self._client is None:
+            kind = type(self).__name__
+            raise RuntimeError(f"{kind} is not open: call open() or use it as a context")
+        call = getattr(self._client, method)
+        with translate_errors():
+            try:
+                return call(self.collection, timeout=self.timeout_s, **kwargs)
+            except MilvusException as exc:
+                if is_transient(exc):
+                    raise  # translate_errors makes it StoreUnavailable
+                raise StoreRejected(f"Milvus refused {method}: {exc}") from exc

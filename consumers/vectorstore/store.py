@@ -6,8 +6,7 @@ Plain types only (no pydantic) so the pipeline decides how results become events
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,13 +21,13 @@ from consumers.vectorstore.milvus_errors import (
     StoreRejected,
     StoreSchemaError,
     StoreUnavailable,
-    is_transient,
     translate_errors,
 )
+from consumers.vectorstore.writes import upsert_misfiles, write_rows
 
 __all__ = [
     "StoreRejected", "StoreSchemaError", "StoreUnavailable", "VectorRow", "VectorStore",
-    "stored_dim", "upsert_misfiles",
+    "stored_dim",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -296,18 +295,6 @@ class VectorStore(OpenCollection):
             raise ValueError(f"query vectors have shape {queries.shape}, expected (n, {self.dim})")
         return queries
 
-    def _call(self, method: str, **kwargs: Any) -> Any:
-        if self._client is None:
-            raise RuntimeError("VectorStore is not open: call open() or use it as a context")
-        call = getattr(self._client, method)
-        with translate_errors():
-            try:
-                return call(self.collection, timeout=self.timeout_s, **kwargs)
-            except MilvusException as exc:
-                if is_transient(exc):
-                    raise  # translate_errors makes it StoreUnavailable
-                raise StoreRejected(f"Milvus refused {method}: {exc}") from exc
-
 
 def stored_dim(settings: MilvusSettings, collection: str) -> int | None:
     """The vector dim of an existing collection, or None when there is no such collection."""
@@ -322,33 +309,3 @@ def stored_dim(settings: MilvusSettings, collection: str) -> int | None:
         client.close()
     dims = [int(f["params"]["dim"]) for f in fields if f["name"] == "vector"]
     return dims[0] if dims else None
-
-
-def write_rows(
-    call: Callable[..., Any], rows: Sequence[dict[str, Any]], misfiles: bool
-) -> list[dict[str, Any]]:
-    """Insert or replace ``rows`` by id through a store's ``_call``; the rows written.
-
-    A Milvus server refuses one upsert holding the same key twice (the same image
-    submitted twice in one batch): the last row of an id wins, as separate upserts
-    would. Where upserts misfile rows (``upsert_misfiles``), delete and insert instead.
-    """
-    data = list({str(row["id"]): row for row in rows}.values())
-    if misfiles:
-        call("delete", filter=filter_expr(None, [str(row["id"]) for row in data]))
-        call("insert", data=data)
-    else:
-        call("upsert", data=data)
-    return data
-
-
-def upsert_misfiles(server_version: str) -> bool:
-    """Whether this Milvus server may file an upserted row under the wrong partition.
-
-    Servers before 2.4 can hash an upserted row's partition key from the wrong field
-    (milvus-io/milvus#30607, fixed by #30772), so a tenant filter, ``tenant == ""``
-    included, misses the row; the PyPI ``milvus`` package ships such a server (2.3.5).
-    There rows are deleted and inserted instead. milvus-lite reports its own version.
-    """
-    match = re.match(r"v(\d+)\.(\d+)\.", server_version)
-    return match is not None and (int(match[1]), int(match[2])) < (2, 4)

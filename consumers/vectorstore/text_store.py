@@ -25,14 +25,9 @@ from pymilvus import DataType, Function, FunctionType, MilvusClient, MilvusExcep
 from consumers.config.settings import MilvusSettings
 from consumers.vectorstore.connection import OpenCollection
 from consumers.vectorstore.filters import filter_expr
-from consumers.vectorstore.milvus_errors import StoreSchemaError, translate_errors
-from consumers.vectorstore.store import (
-    ID_MAX_BYTES,
-    TENANT_MAX_BYTES,
-    URI_MAX_BYTES,
-    upsert_misfiles,
-    write_rows,
-)
+from consumers.vectorstore.milvus_errors import StoreSchemaError
+from consumers.vectorstore.store import ID_MAX_BYTES, TENANT_MAX_BYTES, URI_MAX_BYTES
+from consumers.vectorstore.writes import upsert_misfiles, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +73,7 @@ class TextStore(OpenCollection):
         super().__init__(settings, collection, timeout_s)
         # None = decide from the server's version; False forces the bm25s path (tests).
         self.native_bm25 = native_bm25
-        self._misfiles = False  # servers before 2.4: see store.upsert_misfiles
+        self._misfiles = False  # servers before 2.4: see writes.upsert_misfiles
 
     def _prepare(self, client: MilvusClient) -> None:
         version = client.get_server_version()
@@ -227,9 +222,3 @@ class TextStore(OpenCollection):
         if not self.native_bm25:
             data["vector"] = _PLACEHOLDER
         return data
-
-    def _call(self, method: str, **kwargs: Any) -> Any:
-        if self._client is None:
-            raise RuntimeError("TextStore is not open: call open() or use it as a context")
-        with translate_errors():
-            return getattr(self._client, method)(self.collection, timeout=self.timeout_s, **kwargs)

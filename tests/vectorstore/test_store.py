@@ -15,12 +15,14 @@ import pytest
 
 from consumers.config.settings import MilvusSettings
 from consumers.vectorstore.store import (
+    StoreRejected,
     StoreSchemaError,
     StoreUnavailable,
     VectorRow,
     VectorStore,
-    upsert_misfiles,
 )
+from consumers.vectorstore.text_store import TextStore
+from consumers.vectorstore.writes import upsert_misfiles
 
 DIM = 8
 HOSTILE = 'a" or tenant != "x\\'
@@ -296,7 +298,6 @@ def test_tenants_and_deletes_on_a_milvus_server(tmp_path: Path) -> None:
         with VectorStore(MilvusSettings(uri=uri), "faces", DIM) as store:
             _delete_others_keeps_only_what_it_should(store)
         # 2.3.5 predates Milvus's BM25 (2.5): text collections rank with bm25s instead.
-        from consumers.vectorstore.text_store import TextStore
         from tests.search.test_text_search import words_rank_by_bm25
 
         with TextStore(MilvusSettings(uri=uri), "texts") as texts:
@@ -311,3 +312,14 @@ def test_tenants_and_deletes_on_a_milvus_server(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_which_servers_get_delete_and_insert(version: str, misfiles: bool) -> None:
     assert upsert_misfiles(version) is misfiles
+
+
+def test_a_request_milvus_refuses_is_store_rejected_in_both_stores(
+    tmp_path: Path, store: VectorStore
+) -> None:
+    """Refused (not unreachable): an item's error, never a retry, whichever store."""
+    with pytest.raises(StoreRejected, match="Milvus refused query"):
+        store._call("query", filter="no_such_field == 1", output_fields=["id"])
+    texts = TextStore(lite(tmp_path / "texts.db"), "texts")
+    with texts, pytest.raises(StoreRejected, match="Milvus refused query"):
+        texts._call("query", filter="no_such_field == 1", output_fields=["id"])
