@@ -4,6 +4,7 @@ message) and the open/close lifecycle that the vector store and the text store s
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -17,6 +18,7 @@ from consumers.vectorstore.milvus_errors import (
     is_transient,
     translate_errors,
 )
+from consumers.vectorstore.writes import upsert_misfiles, write_rows
 
 SERVER_PREFIXES = ("http://", "https://", "tcp://", "unix:")
 
@@ -56,6 +58,7 @@ class OpenCollection(ABC):
         self.collection = collection
         self.timeout_s = timeout_s
         self._client: MilvusClient | None = None
+        self.upsert_misfiles_rows = False  # servers before 2.4: see writes.upsert_misfiles
 
     def __enter__(self) -> Self:
         self.open()
@@ -70,7 +73,9 @@ class OpenCollection(ABC):
         client = connect(self.settings, self.timeout_s)
         try:
             with translate_errors():
-                self._prepare(client)
+                version = client.get_server_version()
+                self.upsert_misfiles_rows = upsert_misfiles(version)
+                self._prepare(client, version)
         except BaseException:
             client.close()
             raise
@@ -82,8 +87,12 @@ class OpenCollection(ABC):
             self._client = None
 
     @abstractmethod
-    def _prepare(self, client: MilvusClient) -> None:
+    def _prepare(self, client: MilvusClient, server_version: str) -> None:
         """Create the collection where missing, check it and load it."""
+
+    def _write(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Insert or replace ``rows`` by id, as this server needs (``writes.write_rows``)."""
+        return write_rows(self._call, rows, self.upsert_misfiles_rows)
 
     def _call(self, method: str, **kwargs: Any) -> Any:
         """``client.<method>(collection, ...)`` within the deadline. Unreachable or

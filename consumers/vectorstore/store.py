@@ -23,7 +23,6 @@ from consumers.vectorstore.milvus_errors import (
     StoreUnavailable,
     translate_errors,
 )
-from consumers.vectorstore.writes import upsert_misfiles, write_rows
 
 __all__ = [
     "StoreRejected", "StoreSchemaError", "StoreUnavailable", "VectorRow", "VectorStore",
@@ -106,21 +105,17 @@ class VectorStore(OpenCollection):
         self.flush_every_rows = default_flush if flush_every_rows is None else flush_every_rows
         self._unflushed = 0
         self._index_type = "AUTOINDEX"
-        self.upsert_misfiles_rows = False
 
-    def _prepare(self, client: MilvusClient) -> None:
+    def _prepare(self, client: MilvusClient, server_version: str) -> None:
         """Create the collection if missing, check its dim and load it."""
         self._index_type = self._ensure_collection(client)
         client.load_collection(self.collection, timeout=self.timeout_s)
-        self.upsert_misfiles_rows = upsert_misfiles(client.get_server_version())
 
     def upsert(self, rows: Sequence[VectorRow]) -> None:
         """Insert or replace whole rows by id (the same id twice leaves one row)."""
         if not rows:
             return
-        data = write_rows(
-            self._call, [self._row_dict(row) for row in rows], self.upsert_misfiles_rows
-        )
+        data = self._write([self._row_dict(row) for row in rows])
         self._unflushed += len(data)
         if self.flush_every_rows and self._unflushed >= self.flush_every_rows:
             self._unflushed = 0
@@ -298,13 +293,13 @@ class VectorStore(OpenCollection):
 
 def stored_dim(settings: MilvusSettings, collection: str) -> int | None:
     """The vector dim of an existing collection, or None when there is no such collection."""
-    probe = VectorStore(settings, collection, dim=1)
-    client = connect(settings, probe.timeout_s)
+    timeout = settings.timeout_s  # a VectorStore's default deadline
+    client = connect(settings, timeout)
     try:
         with translate_errors():
-            if not client.has_collection(collection, timeout=probe.timeout_s):
+            if not client.has_collection(collection, timeout=timeout):
                 return None
-            fields = client.describe_collection(collection, timeout=probe.timeout_s)["fields"]
+            fields = client.describe_collection(collection, timeout=timeout)["fields"]
     finally:
         client.close()
     dims = [int(f["params"]["dim"]) for f in fields if f["name"] == "vector"]

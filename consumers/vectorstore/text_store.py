@@ -27,7 +27,6 @@ from consumers.vectorstore.connection import OpenCollection
 from consumers.vectorstore.filters import filter_expr
 from consumers.vectorstore.milvus_errors import StoreSchemaError
 from consumers.vectorstore.store import ID_MAX_BYTES, TENANT_MAX_BYTES, URI_MAX_BYTES
-from consumers.vectorstore.writes import upsert_misfiles, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +72,17 @@ class TextStore(OpenCollection):
         super().__init__(settings, collection, timeout_s)
         # None = decide from the server's version; False forces the bm25s path (tests).
         self.native_bm25 = native_bm25
-        self._misfiles = False  # servers before 2.4: see writes.upsert_misfiles
 
-    def _prepare(self, client: MilvusClient) -> None:
-        version = client.get_server_version()
+    def _prepare(self, client: MilvusClient, server_version: str) -> None:
         if self.native_bm25 is None:
-            self.native_bm25 = has_full_text_search(version)
-        self._misfiles = upsert_misfiles(version)
+            self.native_bm25 = has_full_text_search(server_version)
         self._ensure_collection(client)
         client.load_collection(self.collection, timeout=self.timeout_s)
 
     def upsert(self, rows: Sequence[TextRow]) -> None:
         if not rows:
             return
-        write_rows(self._call, [self._row_dict(row) for row in rows], self._misfiles)
+        self._write([self._row_dict(row) for row in rows])
 
     def get(self, ids: Sequence[str]) -> list[dict[str, Any]]:
         """Stored rows in the order of ``ids``; missing ids are skipped."""
